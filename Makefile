@@ -1,0 +1,43 @@
+# The two set-up commands of the README: `make demo` and `make test`. Everything else they need
+# is installed here, into a virtual environment in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch; an unpinned torch pulls a CUDA build of several GB.
+TORCH := torch==2.13.0
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+PIP := $(BIN)/python -m pip install -q --disable-pip-version-check $(FIND_LINKS)
+DEMO_DIR ?= out
+
+.PHONY: demo test install install-dev data clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(PIP) $(TORCH) -e '.[data]'
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(PIP) $(TORCH) -e '.[dev]'
+	touch $@ $(VENV)/.core
+
+install: $(VENV)/.core
+install-dev: $(VENV)/.dev
+
+# The main job. Until the shipped model lands: a slice of the real dataset and its contact sheet.
+demo: install
+	$(BIN)/unclip data build --limit 48 --out $(DEMO_DIR)/demo-data
+	$(BIN)/unclip data show --data $(DEMO_DIR)/demo-data --out $(DEMO_DIR)/demo.png
+
+# The whole unit suite, offline, on the CPU.
+test: install-dev
+	$(BIN)/python -m pytest
+
+# The full dataset (network: the npm registry), into ~/.cache/unclip/data/emoji.
+data: install
+	$(BIN)/unclip data build
+	$(BIN)/unclip data stats
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

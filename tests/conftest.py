@@ -1,0 +1,125 @@
+"""Shared fixtures: a real npm-style registry on loopback serving packages packed from tests/fixtures."""
+
+import base64
+import hashlib
+import io
+import json
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+NPM = FIXTURES / "npm"
+
+# registry package name -> fixture folder (versions are whatever sources.json asks for)
+PACKAGES = {
+    "emoji-datasource-google": "emoji-datasource-google",
+    "@twemoji/svg": "twemoji-svg",
+    "fluentui-emoji": "fluentui-emoji",
+    "@lobehub/fluent-emoji-3d": "lobehub-fluent-emoji-3d",
+    "openmoji": "openmoji",
+    "emojibase-data": "emojibase-data",
+    "@iconify-json/noto-v1": "iconify-json-noto-v1",
+    "@iconify-json/emojione": "iconify-json-emojione",
+}
+
+
+def pack(folder: Path, extra: dict[str, bytes] | None = None) -> bytes:
+    """A .tgz of `folder` (which holds `package/`), plus extra members name -> bytes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                tar.add(p, arcname=str(p.relative_to(folder)))
+        for name, data in (extra or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class FakeRegistry:
+    """Serves `GET /<name>/<version>` (dist metadata) and `GET /-/<file>.tgz` like the npm registry."""
+
+    def __init__(self):
+        self.tarballs = {name: pack(NPM / folder) for name, folder in PACKAGES.items()}
+        self.corrupt: set[str] = set()  # packages whose tarball bytes differ from the advertised hash
+        self.hits: list[str] = []
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                registry.hits.append(self.path)
+                path = self.path.lstrip("/")
+                if path.startswith("-/"):
+                    name = path[2:-4].replace("%40", "@").replace("%2F", "/")
+                    data = registry.tarballs.get(name)
+                    if data is None:
+                        return self._send(404, b"not found")
+                    if name in registry.corrupt:
+                        data = data[:-10] + b"0" * 10
+                    return self._send(200, data)
+                name = path.rsplit("/", 1)[0].replace("%40", "@").replace("%2F", "/")
+                data = registry.tarballs.get(name)
+                if data is None:
+                    return self._send(404, b'{"error":"not found"}')
+                sri = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+                url = f"{registry.url}/-/{name.replace('/', '%2F')}.tgz"
+                self._send(200, json.dumps({"dist": {"tarball": url, "integrity": sri}}).encode())
+
+            def _send(self, code, body):
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add_member(self, name: str, member: str, data: bytes) -> None:
+        self.tarballs[name] = pack(NPM / PACKAGES[name], {member: data})
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def registry(monkeypatch, tmp_path):
+    """A fake registry, with the unclip cache redirected into tmp_path."""
+    reg = FakeRegistry()
+    monkeypatch.setenv("UNCLIP_NPM_REGISTRY", reg.url)
+    monkeypatch.setenv("UNCLIP_CACHE", str(tmp_path / "cache"))
+    yield reg
+    reg.close()
+
+
+FIXTURE_SOURCES = ["noto", "twemoji", "fluent-flat", "fluent-3d", "openmoji-color", "openmoji-black", "noto-v1", "emojione"]
+
+
+@pytest.fixture(scope="session")
+def built_dataset(tmp_path_factory):
+    """One dataset built from the fixture packages, shared by the read-only tests."""
+    import os
+
+    from unclip.data.build import BuildConfig, build
+
+    root = tmp_path_factory.mktemp("ds")
+    reg = FakeRegistry()
+    old = {k: os.environ.get(k) for k in ("UNCLIP_NPM_REGISTRY", "UNCLIP_CACHE")}
+    os.environ["UNCLIP_NPM_REGISTRY"], os.environ["UNCLIP_CACHE"] = reg.url, str(root / "cache")
+    try:
+        build(BuildConfig(out=root / "data", sources=FIXTURE_SOURCES, size=64, jobs=1, heldout_concepts=0.25,
+                          heldout_images=0.1, shard_size=16), log=lambda *a: None)
+    finally:
+        reg.close()
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return root / "data"

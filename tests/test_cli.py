@@ -1,0 +1,38 @@
+import json
+import subprocess
+import sys
+
+from PIL import Image
+
+from unclip.cli import main
+
+
+def test_data_stats_json(built_dataset, capsys):
+    assert main(["data", "stats", "--data", str(built_dataset), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["images"] == sum(v["images"] for v in s["splits"].values())
+    assert set(s["splits"]) == {"train", "heldout_images", "heldout_concepts"}
+    assert s["shard_bytes"] > 0
+
+
+def test_data_stats_text(built_dataset, capsys):
+    assert main(["data", "stats", "--data", str(built_dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "distinct captions" in out and "fluent-3d" in out
+
+
+def test_data_show_writes_a_contact_sheet(built_dataset, tmp_path):
+    out = tmp_path / "sheet.png"
+    assert main(["data", "show", "--data", str(built_dataset), "-n", "6", "--out", str(out)]) == 0
+    im = Image.open(out)
+    assert im.width == 4 * 128 and im.height > 2 * 128
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "unclip", "data", "build", "--sources", "nope", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("unclip: error: unknown source 'nope'")
+    r = subprocess.run([sys.executable, "-m", "unclip", "data", "stats", "--data", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "run `unclip data build` first" in r.stderr

@@ -1,0 +1,40 @@
+import io
+
+import pytest
+from PIL import Image
+
+from conftest import NPM
+from unclip.data.render import CorruptImage, render
+
+
+def test_svg_renders_at_target_size_on_white():
+    r = render((NPM / "twemoji-svg/package/1f680.svg").read_bytes(), "svg", 96)
+    im = Image.open(io.BytesIO(r.png))
+    assert im.mode == "RGB" and im.size == (96, 96) and r.native_size == 96
+    assert im.getpixel((0, 0)) == (255, 255, 255), "transparent corners must be composited onto white"
+    assert len(im.getcolors(maxcolors=1 << 16)) > 20, "the artwork itself must be drawn"
+
+
+def test_raster_keeps_native_size_and_is_never_upscaled():
+    data = (NPM / "emoji-datasource-google/package/img/google/64/1f600.png").read_bytes()
+    r = render(data, "png", 256)
+    assert r.size == r.native_size == 64
+    webp = (NPM / "lobehub-fluent-emoji-3d/package/assets/1f680.webp").read_bytes()
+    r = render(webp, "webp", 64)
+    assert r.native_size == 256 and r.size == 64
+
+
+def test_identical_pixels_hash_equal():
+    data = (NPM / "twemoji-svg/package/1f600.svg").read_bytes()
+    assert render(data, "svg", 32).sha1 == render(data, "svg", 32).sha1 != render(data, "svg", 33).sha1
+
+
+@pytest.mark.parametrize("fmt,data", [
+    ("png", b"\x89PNG\r\n\x1a\n not really"),
+    ("png", (NPM / "emoji-datasource-google/package/img/google/64/1f600.png").read_bytes()[:300]),  # truncated
+    ("svg", b"<svg><path d="),
+    ("webp", b"RIFF\x00\x00"),
+])
+def test_corrupt_or_truncated_images_raise(fmt, data):
+    with pytest.raises(CorruptImage):
+        render(data, fmt, 64)

@@ -1,0 +1,3 @@
+from unclip.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""`unclip data build`: registry packages -> rendered, captioned, split, sharded emoji dataset.
+
+Three resumable phases, each writing atomically so an interrupted run continues where it stopped:
+  1. fetch   verified tarballs cached under ~/.cache/unclip/downloads
+  2. render  one part file per source (`parts/NAME-SIZE.tar` + index), skipped when present
+  3. shards  dedup, split by concept, caption, shuffle, write `SPLIT-NNNNN.tar` + manifest.json
+A run whose inputs match the manifest's build id returns at once.
+"""
+
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from unclip.data import registry
+from unclip.data.captions import make_captions
+from unclip.data.emojidb import EmojiDB, norm_hex
+from unclip.data.render import CorruptImage, render
+from unclip.data.shards import iter_shard, write_shard
+from unclip.data.sources import Source, metadata_packages, resolve
+from unclip.fsutil import write_bytes_atomic, write_json_atomic
+from unclip.paths import default_data_dir, downloads_dir
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "heldout_images", "heldout_concepts")
+EXTENSIONS = {"svg": ".svg", "png": ".png", "webp": ".webp"}
+
+
+@dataclass
+class BuildConfig:
+    out: Path = field(default_factory=default_data_dir)
+    sources: list[str] | None = None  # None: the default list in sources.json
+    size: int = 256  # vector art is rendered at this side length
+    limit: int | None = None  # at most this many images per source (a quick slice)
+    allow_noncommercial: bool = False
+    heldout_concepts: float = 0.05  # fraction of concepts never seen in training
+    heldout_images: float = 0.03  # fraction of the remaining images held out
+    seed: int = 0
+    shard_size: int = 1000
+    jobs: int = 0  # render processes; 0: one per core
+
+    def build_id(self, sources: list[Source]) -> str:
+        d = asdict(self)
+        for k in ("out", "jobs"):
+            d.pop(k)
+        d["sources"] = [(s.name, s.package, s.version) for s in sources]
+        d["format"] = FORMAT_VERSION
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _unit(text: str) -> float:
+    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big") / 2**64
+
+
+def assign_split(concept: str, key: str, cfg: BuildConfig) -> str:
+    """Held-out concepts first (by concept hash), then held-out images of seen concepts."""
+    if _unit(f"{cfg.seed}:concept:{concept}") < cfg.heldout_concepts:
+        return "heldout_concepts"
+    if _unit(f"{cfg.seed}:image:{key}") < cfg.heldout_images:
+        return "heldout_images"
+    return "train"
+
+
+def build(cfg: BuildConfig, log=print) -> dict:
+    t0 = time.time()
+    sources = resolve(cfg.sources, cfg.allow_noncommercial)
+    out = Path(cfg.out).expanduser()
+    build_id = cfg.build_id(sources)
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("build_id") == build_id and all((out / s["file"]).exists() for s in old["shards"]):
+            log(f"{out}: up to date ({old['counts']['images']} images); nothing to do")
+            return old
+
+    tarballs = _fetch_all(sources, log)
+    meta = metadata_packages()
+    openmoji = tarballs.get(("openmoji", meta["openmoji"]["version"]))
+    db = EmojiDB.from_packages(tarballs[(meta["emojibase"]["package"], meta["emojibase"]["version"])], openmoji)
+
+    parts = [_render_source(s, tarballs[(s.package, s.version)], db, cfg, out) for s in sources]
+    manifest = _write_shards(sources, parts, db, cfg, out, build_id, log)
+    manifest["seconds"] = round(time.time() - t0, 1)
+    write_bytes_atomic(out / "ATTRIBUTION.md", attribution(sources).encode())
+    write_json_atomic(manifest_path, manifest)
+    keep = {s["file"] for s in manifest["shards"]}
+    for stale in out.glob("*.tar"):
+        if stale.name not in keep:
+            stale.unlink()
+    c = manifest["counts"]
+    log(f"{out}: {c['images']} images, {c['concepts']} concepts, {c['distinct_captions']} distinct captions "
+        f"in {manifest['seconds']} s")
+    return manifest
+
+
+def _fetch_all(sources: list[Source], log) -> dict[tuple[str, str], Path]:
+    meta = metadata_packages()
+    wanted = {(s.package, s.version) for s in sources}
+    wanted.add((meta["emojibase"]["package"], meta["emojibase"]["version"]))
+    if any(s.package == meta["openmoji"]["package"] for s in sources):
+        wanted.add((meta["openmoji"]["package"], meta["openmoji"]["version"]))
+    cache = downloads_dir()
+    return {pv: registry.fetch(*pv, cache) for pv in tqdm(sorted(wanted), desc="fetch", unit="pkg")}
+
+
+def _render_task(args):
+    name, data, fmt, size = args
+    try:
+        return name, render(data, fmt, size), None
+    except CorruptImage as e:
+        return name, None, str(e)
+
+
+def _artwork_files(source: Source, tar: tarfile.TarFile):
+    """(file stem, bytes) of every artwork file of `source` in its tarball."""
+    if source.format == "iconify":  # one JSON of SVG bodies sharing a default viewBox
+        f = tar.extractfile(source.members)
+        icon_set = json.load(f) if f else {"icons": {}}
+        for name, icon in icon_set["icons"].items():
+            w, h = icon.get("width", icon_set.get("width", 16)), icon.get("height", icon_set.get("height", 16))
+            x, y = icon.get("left", icon_set.get("left", 0)), icon.get("top", icon_set.get("top", 0))
+            svg = f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="{x} {y} {w} {h}">{icon["body"]}</svg>'
+            yield name, svg.encode()
+        return
+    ext = EXTENSIONS[source.format]
+    for m in tar:
+        if m.isfile() and m.name.startswith(source.members) and m.name.endswith(ext):
+            stem = m.name[len(source.members):-len(ext)]
+            if "/" not in stem:
+                yield stem, tar.extractfile(m).read()
+
+
+def _source_members(source: Source, tgz: Path, db: EmojiDB, cfg: BuildConfig, counts: dict):
+    """(hexcode, bytes) of the artwork files this source contributes, labelled and filtered."""
+    items = []
+    with tarfile.open(tgz) as tar:
+        for stem, data in _artwork_files(source, tar):
+            hexcode = db.name_hexcode(stem) if source.naming == "name" else norm_hex(stem)
+            info = db.get(hexcode) if hexcode else None
+            if info is None:
+                counts["unlabelled"] += 1
+                continue
+            if info.group_key in source.exclude:
+                counts["excluded"] += 1
+                continue
+            items.append((info.hexcode, data))
+    items = list({h: (h, data) for h, data in reversed(items)}.values())  # one file per hexcode, the first
+    items.sort(key=lambda it: hashlib.sha1(it[0].encode()).digest())  # a --limit slice spans all groups
+    return items[: cfg.limit] if cfg.limit else items
+
+
+def _render_source(source: Source, tgz: Path, db: EmojiDB, cfg: BuildConfig, out: Path) -> dict:
+    """Render one source into parts/NAME-SIZE[-limitN].tar with an index; reuse it when present."""
+    tag = f"{source.name}-{source.version}-{cfg.size}-v{FORMAT_VERSION}" + (f"-limit{cfg.limit}" if cfg.limit else "")
+    part_tar, part_index = out / "parts" / f"{tag}.tar", out / "parts" / f"{tag}.json"
+    if part_tar.exists() and part_index.exists():
+        return json.loads(part_index.read_text()) | {"tar": str(part_tar)}
+    counts = {"rendered": 0, "corrupt": 0, "unlabelled": 0, "excluded": 0}
+    items = _source_members(source, tgz, db, cfg, counts)
+    jobs = cfg.jobs or os.cpu_count() or 1
+    tasks = ((h, data, source.format, cfg.size) for h, data in items)
+    entries, samples = [], []
+    bar = tqdm(total=len(items), desc=f"render {source.name}", unit="img")
+    pool = multiprocessing.get_context("fork").Pool(jobs) if jobs > 1 else None
+    try:
+        results = pool.imap(_render_task, tasks, chunksize=16) if pool else map(_render_task, tasks)
+        for hexcode, r, err in results:
+            bar.update()
+            if r is None:
+                counts["corrupt"] += 1
+                continue
+            counts["rendered"] += 1
+            entries.append({"hexcode": hexcode, "sha1": r.sha1, "size": r.size, "native_size": r.native_size})
+            samples.append((hexcode, r.png, {}))
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+    write_shard(part_tar, samples)
+    index = {"source": source.name, "entries": entries, "counts": counts}
+    write_json_atomic(part_index, index)
+    return index | {"tar": str(part_tar)}
+
+
+def _write_shards(sources, parts, db: EmojiDB, cfg: BuildConfig, out: Path, build_id: str, log) -> dict:
+    seen: set[str] = set()
+    by_split: dict[str, list] = {s: [] for s in SPLITS}
+    skipped = {"duplicates": 0, "corrupt": 0, "unlabelled": 0, "excluded": 0}
+    per_source = {}
+    for source, part in zip(sources, parts):
+        for k in ("corrupt", "unlabelled", "excluded"):
+            skipped[k] += part["counts"][k]
+        pngs = {key: png for key, png, _ in iter_shard(Path(part["tar"]))}
+        kept = 0
+        for e in part["entries"]:
+            if e["sha1"] in seen:
+                skipped["duplicates"] += 1
+                continue
+            seen.add(e["sha1"])
+            info = db.get(e["hexcode"])
+            key = f"{source.style}_{info.hexcode}"
+            split = assign_split(info.concept, key, cfg)
+            meta = {
+                "key": key, "hexcode": info.hexcode, "concept": info.concept, "label": info.label,
+                "concept_label": info.base_label, "captions": make_captions(info, source.style_names, key),
+                "style": source.style, "style_name": source.style_names[0], "tone": info.tone,
+                "group": info.group, "subgroup": info.subgroup, "source": source.name,
+                "package": f"{source.package}@{source.version}", "license": source.license,
+                "size": e["size"], "native_size": e["native_size"], "split": split,
+            }
+            by_split[split].append((key, pngs[info.hexcode], meta))
+            kept += 1
+        per_source[source.name] = {"images": kept, **part["counts"]}
+
+    shards, splits = [], {}
+    rng = random.Random(cfg.seed)
+    for split, samples in by_split.items():
+        samples.sort(key=lambda s: s[0])
+        rng.shuffle(samples)
+        n_shards = max(1, -(-len(samples) // cfg.shard_size)) if samples else 0
+        for i in tqdm(range(n_shards), desc=f"shards {split}", unit="shard"):
+            chunk = samples[i * cfg.shard_size:(i + 1) * cfg.shard_size]
+            name = f"{split}-{i:05d}.tar"
+            write_shard(out / name, chunk)
+            shards.append({"file": name, "split": split, "count": len(chunk)})
+        splits[split] = _summary([m for _, _, m in samples])
+    every = [m for samples in by_split.values() for _, _, m in samples]
+    counts = _summary(every)
+    counts["per_source"] = per_source
+    counts["skipped"] = skipped
+    return {
+        "build_id": build_id, "format": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "jobs")},
+        "sources": [{"name": s.name, "package": s.package, "version": s.version, "license": s.license,
+                     "style": s.style, "native_size": s.native_size} for s in sources],
+        "shards": shards, "splits": splits, "counts": counts,
+    }
+
+
+def _summary(metas: list[dict]) -> dict:
+    styles: dict[str, int] = {}
+    for m in metas:
+        styles[m["style"]] = styles.get(m["style"], 0) + 1
+    return {
+        "images": len(metas),
+        "concepts": len({m["concept"] for m in metas}),
+        "distinct_captions": len({c for m in metas for c in m["captions"]}),
+        "per_style": dict(sorted(styles.items())),
+    }
+
+
+def attribution(sources: list[Source]) -> str:
+    lines = ["# Attribution", "", "The images in this dataset are artwork from these packages:", ""]
+    for s in sources:
+        lines.append(f"- **{s.style}** from `{s.package}@{s.version}` ({s.license}): {s.attribution}")
+    if any("SA" in s.license for s in sources):
+        lines += ["", "Share-alike: images from CC-BY-SA sources, and works adapted from them, must be "
+                  "shared under the same licence."]
+    return "\n".join(lines) + "\n"
