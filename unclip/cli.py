@@ -37,6 +37,25 @@ def _data_show(a) -> int:
     return 0
 
 
+def _train(a) -> int:
+    from unclip.train import TrainConfig, train
+
+    options = {}
+    for kv in a.option or []:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            raise ValueError(f"--option takes KEY=VALUE, not {kv!r}")
+        options[k] = json.loads(v) if v[:1] in "0123456789-[{tf" and v not in ("-",) else v
+    cfg = TrainConfig(stage=a.stage, preset=a.preset, data=a.data, out=a.out, max_steps=a.max_steps,
+                      batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr, warmup_steps=a.warmup_steps,
+                      ema_decay=a.ema_decay, seed=a.seed, save_minutes=a.save_minutes, threads=a.threads,
+                      mixed_precision=a.mixed_precision, resume=a.resume, init_from=a.init_from,
+                      lr_schedule=a.lr_schedule, eval_every=a.eval_every, options=options)
+    result = train(cfg)
+    print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unclip", description="unCLIP: text-to-image with CLIP latents")
     sub = p.add_subparsers(dest="command", required=True)
@@ -64,6 +83,30 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--seed", type=int, default=0)
     sh.add_argument("--out", type=Path, default=Path("contact_sheet.png"))
     sh.set_defaults(fn=_data_show)
+
+    from unclip.stages import STAGES
+
+    t = sub.add_parser("train", help="train one stage (resumable; runs under `accelerate launch` too)")
+    t.add_argument("stage", choices=STAGES)
+    t.add_argument("--preset", default="small", help="model size preset (see unclip/presets/STAGE.json)")
+    t.add_argument("--data", type=Path, default=default_data_dir())
+    t.add_argument("--out", type=Path, help="run directory (default: ~/.cache/unclip/runs/STAGE-PRESET)")
+    t.add_argument("--max-steps", type=int, default=1000)
+    t.add_argument("--batch-size", type=int, default=64, help="global batch per optimizer step")
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    t.add_argument("--warmup-steps", type=int, default=200)
+    t.add_argument("--ema-decay", type=float, default=0.999)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save-minutes", type=float, default=5.0, help="checkpoint interval in minutes")
+    t.add_argument("--eval-every", type=int, default=250, help="held-out loss every N steps")
+    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    t.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default="auto")
+    t.add_argument("--resume", action="store_true", help="continue from the run's checkpoint when present")
+    t.add_argument("--init-from", type=Path, help="start from these weights when there is no checkpoint")
+    t.add_argument("--option", action="append", metavar="KEY=VALUE", help="stage-specific setting (repeatable)")
+    t.set_defaults(fn=_train)
     return p
 
 

@@ -1,0 +1,126 @@
+"""The shared trainer's guarantees, on a toy task (a linear model) so each check is exact and fast."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from unclip.train import NonFiniteLoss, TrainConfig, global_batch_indices, sample_generator, train
+from unclip.weights import load_safetensors
+
+
+class ToyTask:
+    """y = x @ w_true + noise drawn from the per-sample generators (exercises the keyed randomness)."""
+
+    def __init__(self, n=64, poison_from=None):
+        torch.manual_seed(0)
+        self.model = nn.Linear(4, 1)
+        self.x = torch.randn(n, 4)
+        self.y = self.x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+        self.poison_from = poison_from
+        self.exported = []
+
+    def __len__(self):
+        return len(self.x)
+
+    def batch(self, indices, gens, device):
+        noise = torch.stack([0.01 * torch.randn(1, generator=g) for g in gens])
+        return {"x": self.x[indices], "y": self.y[indices] + noise, "poison": self.poison_from}
+
+    @staticmethod
+    def loss(model, batch):
+        loss = (model(batch["x"]) - batch["y"]).pow(2).mean()
+        if batch["poison"] is not None:
+            loss = loss * float("nan")
+        return loss, {"mse": loss.detach()}
+
+    def eval_model(self):
+        return nn.Linear(4, 1)
+
+    def heldout_loss(self, model):
+        with torch.no_grad():
+            return float((model(self.x) - self.y).pow(2).mean())
+
+    def export(self, model, directory):
+        self.exported.append(directory)
+
+    def load_weights(self, directory):
+        self.model.load_state_dict(load_safetensors(directory / "w.safetensors"))
+
+
+def _cfg(tmp_path, name, **kw):
+    base = dict(stage="toy", out=tmp_path / name, batch_size=8, lr=0.05, warmup_steps=2, log_every=1,
+                eval_every=0, save_minutes=1e9, ema_decay=0.9)
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(run):
+    return load_safetensors(run / "checkpoint" / "model.safetensors")
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    a = global_batch_indices(10, 4, step=3, seed=1)
+    assert a == global_batch_indices(10, 4, step=3, seed=1) and len(a) == 4
+    epoch = [i for s in range(5) for i in global_batch_indices(10, 4, s, seed=1)][:10]
+    assert sorted(epoch) == list(range(10)), "one pass over the data per epoch, no repeats"
+    g1, g2 = sample_generator(0, 5, 7), sample_generator(0, 5, 7)
+    assert torch.equal(torch.randn(3, generator=g1), torch.randn(3, generator=g2))
+    assert not torch.equal(torch.randn(3, generator=sample_generator(0, 5, 8)), torch.randn(3, generator=sample_generator(0, 6, 7)))
+
+
+def test_training_lowers_the_loss_and_writes_metrics(tmp_path):
+    task = ToyTask()
+    out = train(_cfg(tmp_path, "a", max_steps=100, ema_decay=0.5, lr=0.3, lr_schedule="cosine"), task=task, log=lambda m: None)
+    lines = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    losses = [l["loss"] for l in lines if "loss" in l]
+    assert losses[-1] < losses[0] / 10
+    assert out["best_heldout"] < 0.1 and task.exported
+
+
+def test_resume_equals_one_uninterrupted_run(tmp_path):
+    train(_cfg(tmp_path, "full", max_steps=12), task=ToyTask(), log=lambda m: None)
+    train(_cfg(tmp_path, "split", max_steps=6), task=ToyTask(), log=lambda m: None)
+    train(_cfg(tmp_path, "split", max_steps=12, resume=True), task=ToyTask(), log=lambda m: None)
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "split")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    ema_a = load_safetensors(tmp_path / "full" / "checkpoint" / "ema.safetensors")
+    ema_b = load_safetensors(tmp_path / "split" / "checkpoint" / "ema.safetensors")
+    for k in ema_a:
+        torch.testing.assert_close(ema_a[k], ema_b[k], rtol=0, atol=1e-6)
+
+
+def test_grad_accumulation_matches_the_full_batch(tmp_path):
+    train(_cfg(tmp_path, "one", max_steps=5), task=ToyTask(), log=lambda m: None)
+    train(_cfg(tmp_path, "acc", max_steps=5, grad_accum=4), task=ToyTask(), log=lambda m: None)
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "acc")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_init_from_weights_when_no_checkpoint(tmp_path):
+    from unclip.weights import save_safetensors
+
+    src = ToyTask()
+    with torch.no_grad():
+        src.model.weight.fill_(7.0)
+    (tmp_path / "w").mkdir()
+    save_safetensors(src.model.state_dict(), tmp_path / "w" / "w.safetensors")
+    task = ToyTask()
+    msgs = []
+    train(_cfg(tmp_path, "init", max_steps=1, lr=1e-9, resume=True, init_from=tmp_path / "w"), task=task, log=msgs.append)
+    assert any("fresh optimizer" in m for m in msgs)
+    assert torch.allclose(_weights(tmp_path / "init")["weight"], torch.full((1, 4), 7.0), atol=1e-4)
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
+    with pytest.raises(NonFiniteLoss, match="3 non-finite losses in a row"):
+        train(_cfg(tmp_path, "nan", max_steps=10, max_bad_steps=3), task=ToyTask(poison_from=0), log=lambda m: None)
+    lines = (tmp_path / "nan" / "metrics.jsonl").read_text()
+    assert lines.count("non-finite") == 3
+
+
+def test_bad_batch_size_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="batch size 6 must be divisible by processes x grad_accum = 4"):
+        train(_cfg(tmp_path, "bad", batch_size=6, grad_accum=4), task=ToyTask(), log=lambda m: None)

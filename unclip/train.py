@@ -1,0 +1,331 @@
+"""One trainer for every stage: `unclip train STAGE --preset P --data DIR --out DIR [--resume]`.
+
+Stages differ by a *task* (model, batch preparation, loss, held-out loss, export); the loop below
+is shared. Built on accelerate (devices, processes, mixed precision). Properties it guarantees:
+
+- Determinism across process counts: the global batch at step s is fixed by (seed, s), and every
+  per-sample random draw (timestep, noise, dropout, augmentation) comes from a generator keyed by
+  (seed, step, global sample index). So 1 process == N processes at the same global batch.
+- Exact resume: checkpoints hold weights, EMA, optimizer and step (the data position is a
+  function of the step); written as safetensors into a fresh directory swapped in atomically.
+- With no checkpoint but `--init-from MODEL_DIR`, training starts from those weights with a
+  fresh optimizer and a short warm-up (a fresh machine continuing a committed model).
+- A non-finite loss skips the step; repeated ones stop the run with a clear message.
+"""
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from unclip.paths import default_data_dir, runs_dir
+from unclip.weights import load_safetensors, save_safetensors
+
+
+@dataclass
+class TrainConfig:
+    stage: str
+    preset: str = "small"
+    data: Path = field(default_factory=default_data_dir)
+    out: Path | None = None  # default: ~/.cache/unclip/runs/STAGE-PRESET
+    max_steps: int = 1000
+    batch_size: int = 64  # global batch per optimizer step (all processes, all micro-batches)
+    grad_accum: int = 1
+    lr: float = 3e-4
+    lr_schedule: str = "constant"  # "constant" | "cosine" (to max_steps), after warm-up
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    resume_warmup_steps: int = 50  # warm-up when starting from weights without optimizer state
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    save_minutes: float = 5.0
+    save_every: int = 0  # also save every N steps (0: by time only, and at the end)
+    log_every: int = 10
+    eval_every: int = 250
+    threads: int = 0  # torch CPU threads (0: leave torch's default)
+    mixed_precision: str = "auto"  # "no" | "bf16" | "fp16"; auto: bf16 on GPU, fp32 on CPU
+    resume: bool = False
+    init_from: Path | None = None
+    max_bad_steps: int = 20
+    options: dict = field(default_factory=dict)  # stage-specific settings (see each task)
+
+    def run_dir(self) -> Path:
+        return Path(self.out).expanduser() if self.out else runs_dir() / f"{self.stage}-{self.preset}"
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def sample_generator(seed: int, step: int, index: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator for one sample's random draws at one step (same on any rank)."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step) * 2_147_483_629 + index & 0x7FFF_FFFF_FFFF_FFFF)
+    return g
+
+
+def global_batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Dataset indices of the global batch at `step`: consecutive slices of seeded permutations."""
+    out, pos = [], step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        take = min(batch_size - len(out), n - offset)
+        out.extend(perm[offset:offset + take].tolist())
+        pos += take
+    return out
+
+
+class TaskModule(nn.Module):
+    """Wraps a task's model so that its loss is `forward` (what DDP/FSDP hook into)."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.model = task.model
+        self._loss = task.loss
+
+    def forward(self, batch):
+        return self._loss(self.model, batch)
+
+
+class EMA:
+    """Exponential moving average of the weights, with warm-up: decay = min(d, (1 + n) / (10 + n))."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.detach().float(), 1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, model: nn.Module) -> nn.Module:
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+        return model
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {f"{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, v in tensors.items():
+        i, k = name.split(".", 1)
+        state.setdefault(int(i), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(run: Path, model: nn.Module, ema: EMA, opt, step: int, cfg: TrainConfig, extra: dict) -> None:
+    """Write run/checkpoint atomically: a fresh directory, then a rename swap."""
+    tmp = run / f".checkpoint-{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_safetensors(model.state_dict(), tmp / "model.safetensors")
+    save_safetensors(ema.shadow, tmp / "ema.safetensors")
+    opt_tensors, opt_meta = _optimizer_tensors(opt)
+    save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
+    state = {"step": step, "ema_updates": ema.updates, "optimizer": opt_meta, "config": _jsonable(asdict(cfg)),
+             "torch_rng": torch.get_rng_state().tolist(), **extra}
+    (tmp / "state.json").write_text(json.dumps(state))
+    final, old = run / "checkpoint", run / ".checkpoint.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(run: Path) -> Path | None:
+    for cand in (run / "checkpoint", run / ".checkpoint.old"):  # .old survives a crash mid-swap
+        if (cand / "state.json").exists():
+            return cand
+    return None
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=str))
+
+
+def _lr_factor(step: int, cfg: TrainConfig, warmup: int, start: int) -> float:
+    w = (step - start + 1) / warmup if warmup and step - start < warmup else 1.0
+    if cfg.lr_schedule == "cosine":
+        w *= 0.5 * (1 + math.cos(math.pi * min(step / max(cfg.max_steps, 1), 1.0)))
+    return w
+
+
+def train(cfg: TrainConfig, task=None, log=None) -> dict:
+    """Run (or continue) training; returns the final metrics record."""
+    from accelerate import Accelerator
+
+    from unclip.stages import make_task
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    acc = Accelerator(mixed_precision=mp)
+    world, rank = acc.num_processes, acc.process_index
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ValueError(f"batch size {cfg.batch_size} must be divisible by processes x grad_accum = {world * cfg.grad_accum}")
+    run = cfg.run_dir()
+    log = log or (lambda msg: acc.print(msg))
+    task = task or make_task(cfg)
+    model = task.model
+    ckpt = find_checkpoint(run) if cfg.resume else None
+    start, warmup, ema_updates, state = 0, cfg.warmup_steps, 0, {}
+    if ckpt is not None:
+        state = json.loads((ckpt / "state.json").read_text())
+        model.load_state_dict(load_safetensors(ckpt / "model.safetensors"))
+        start, ema_updates = state["step"], state["ema_updates"]
+        log(f"resuming {run} at step {start}")
+    elif cfg.init_from:
+        task.load_weights(Path(cfg.init_from))
+        warmup = cfg.resume_warmup_steps
+        log(f"starting from the weights in {cfg.init_from} (fresh optimizer, {warmup} warm-up steps)")
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name or "embedding" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+    if ckpt is not None:
+        _load_optimizer(opt, load_safetensors(ckpt / "optimizer.safetensors"), state["optimizer"])
+    ema = EMA(model, cfg.ema_decay)
+    if ckpt is not None:
+        ema.shadow = {k: v.float() for k, v in load_safetensors(ckpt / "ema.safetensors").items()}
+        ema.updates = ema_updates
+    wrapped = TaskModule(task)
+    wrapped, opt = acc.prepare(wrapped, opt)
+    device = acc.device
+    n = len(task)
+    local = cfg.batch_size // world
+    micro = local // cfg.grad_accum
+    run.mkdir(parents=True, exist_ok=True)
+    metrics_path = run / "metrics.jsonl"
+    best = state.get("best_heldout")
+    stop = {"flag": False}
+    old_handler = signal.signal(signal.SIGTERM, lambda *a: stop.__setitem__("flag", True)) if acc.is_main_process else None
+
+    def evaluate(step: int) -> float:
+        eval_model = ema.copy_to(task.eval_model())
+        return float(task.heldout_loss(eval_model))
+
+    def checkpoint(step: int) -> None:
+        nonlocal best
+        h = evaluate(step)
+        if acc.is_main_process:
+            improved = best is None or h < best
+            best = h if improved else best
+            save_checkpoint(run, acc.unwrap_model(wrapped).model, ema, opt, step, cfg, {"best_heldout": best, "heldout": h})
+            if improved:
+                task.export(ema.copy_to(task.eval_model()), run / "model")
+            _append(metrics_path, {"step": step, "heldout_loss": h, "best_heldout": best, "exported": improved})
+        acc.wait_for_everyone()
+
+    bad, last_save, t_log, samples_log = 0, time.time(), time.time(), 0
+    record = {}
+    bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc=f"train {cfg.stage}",
+               disable=not acc.is_local_main_process)
+    step = start
+    for step in bar:
+        idx = global_batch_indices(n, cfg.batch_size, step, cfg.seed)
+        mine = range(rank * local, (rank + 1) * local)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * _lr_factor(step, cfg, warmup, start if ckpt is None else 0)
+        logs_sum: dict[str, float] = {}
+        loss_total = 0.0
+        for m0 in range(0, local, micro):
+            pos = list(mine[m0:m0 + micro])
+            gens = [sample_generator(cfg.seed, step, p) for p in pos]
+            batch = task.batch([idx[p] for p in pos], gens, device)
+            ctx = acc.no_sync(wrapped) if m0 + micro < local else _null()
+            with ctx, acc.autocast():
+                loss, logs = wrapped(batch)
+            scaled = loss * (len(pos) / local)
+            acc.backward(scaled)
+            loss_total += float(scaled.detach())
+            for k, v in logs.items():
+                logs_sum[k] = logs_sum.get(k, 0.0) + float(v) * len(pos) / local
+        finite = torch.tensor([math.isfinite(loss_total)], device=device, dtype=torch.float32)
+        finite = acc.reduce(finite, reduction="mean") if world > 1 else finite
+        if finite.item() < 1.0:
+            opt.zero_grad(set_to_none=True)
+            bad += 1
+            _append(metrics_path, {"step": step, "skipped": "non-finite loss"}) if acc.is_main_process else None
+            log(f"step {step}: non-finite loss, skipped ({bad} in a row)")
+            if bad >= cfg.max_bad_steps:
+                raise NonFiniteLoss(f"{bad} non-finite losses in a row at step {step}; stopping. Lower --lr, "
+                                    f"check the data, or resume from the last checkpoint in {run}")
+            continue
+        bad = 0
+        grad_norm = acc.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip) if cfg.grad_clip else None
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(acc.unwrap_model(wrapped).model)
+        samples_log += cfg.batch_size
+        done = step + 1
+        if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.max_steps):
+            dt = time.time() - t_log
+            record = {"step": done, "loss": loss_total, "lr": opt.param_groups[0]["lr"],
+                      "grad_norm": None if grad_norm is None else float(grad_norm),
+                      "samples_per_s": samples_log / max(dt, 1e-9), **logs_sum, "time": time.time()}
+            _append(metrics_path, record)
+            bar.set_postfix(loss=f"{loss_total:.4f}")
+            t_log, samples_log = time.time(), 0
+        stop_now = _broadcast_flag(acc, stop["flag"])
+        due = (time.time() - last_save > cfg.save_minutes * 60) or (cfg.save_every and done % cfg.save_every == 0)
+        if _broadcast_flag(acc, bool(due)) or stop_now or done == cfg.max_steps:
+            checkpoint(done)
+            last_save = time.time()
+        elif cfg.eval_every and done % cfg.eval_every == 0 and acc.is_main_process:
+            _append(metrics_path, {"step": done, "heldout_loss": evaluate(done)})
+        if stop_now:
+            log(f"stopped by SIGTERM at step {done}; checkpoint saved")
+            break
+    bar.close()
+    if old_handler is not None:
+        signal.signal(signal.SIGTERM, old_handler)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return {"step": step + 1 if cfg.max_steps > start else start, "best_heldout": best, **record}
+
+
+def _broadcast_flag(acc, flag: bool) -> bool:
+    if acc.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
+    return bool(acc.reduce(t, reduction="sum").item() > 0)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
