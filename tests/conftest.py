@@ -123,3 +123,36 @@ def built_dataset(tmp_path_factory):
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     return root / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A tiny CLIP stage (random image tower, real frozen text tower) saved to disk."""
+    import torch
+
+    from unclip.clip import CLIPConfig, LockedTextCLIP
+    from unclip.presets import load_preset
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("clip")
+    LockedTextCLIP(CLIPConfig(**load_preset("clip", "tiny"))).save(d)
+    return d
+
+
+def overfit(task, steps: int, lr: float = 2e-3, n: int = 4) -> tuple[float, float]:
+    """Train task.model on one fixed batch; return (first loss, last loss)."""
+    import torch
+
+    from unclip.train import sample_generator
+
+    torch.manual_seed(0)
+    batch = task.batch(list(range(n)), [sample_generator(0, 0, i) for i in range(n)], "cpu")
+    opt = torch.optim.Adam([p for p in task.model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, _ = task.loss(task.model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses[0], min(losses[-5:])

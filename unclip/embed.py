@@ -113,3 +113,45 @@ def text_features(data: Path, split: str, tower, batch_size: int = 256, chunk: i
     for p in parts:
         p.unlink()
     return {k: np.load(p, mmap_mode="r") for k, p in names.items()}
+
+
+def weights_hash(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def clip_embeddings(data: Path, split: str, clip, clip_dir: Path, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """z_i of every image and z_t of every caption of a split, from the CLIP stage in `clip_dir`.
+
+    Keyed to the hash of its weights file, so a retrained image tower never meets stale embeddings.
+    """
+    data = Path(data).expanduser()
+    images, index = image_pack(data, split)
+    root = data / "cache" / f"clip-{weights_hash(Path(clip_dir) / 'clip.safetensors')}"
+    names = {k: root / f"{split}.{k}.npy" for k in ("image_embed", "text_embed")}
+    stamp = root / f"{split}.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("build_id") == index["build_id"] and all(p.exists() for p in names.values()):
+        return {k: np.load(p, mmap_mode="r") for k, p in names.items()}
+    pooled = text_features(data, split, clip.text_tower)["pooled"]
+    clip.eval()
+    z_i = [clip.encode_image(torch.from_numpy(np.array(images[b:b + batch_size])).permute(0, 3, 1, 2).float() / 127.5 - 1)
+           for b in tqdm(range(0, len(images), batch_size), desc=f"z_i {split}", unit="batch")]
+    z_t = [clip.project_text(torch.from_numpy(pooled[b:b + 4096].astype(np.float32))) for b in range(0, len(pooled), 4096)]
+    out = {"image_embed": torch.cat(z_i).numpy().astype(np.float16) if z_i else np.zeros((0, clip.embed_dim), np.float16),
+           "text_embed": torch.cat(z_t).numpy().astype(np.float16) if z_t else np.zeros((0, clip.embed_dim), np.float16)}
+    for k, arr in out.items():
+        save_npy(names[k], arr)
+    if split == "train":
+        z = out["image_embed"].astype(np.float32)
+        write_json_atomic(root / "stats.json", {"image_embed_mean": z.mean(0).tolist(), "image_embed_std": z.std(0).tolist()})
+    write_json_atomic(stamp, {"build_id": index["build_id"], "images": len(images)})
+    return {k: np.load(p, mmap_mode="r") for k, p in names.items()}
+
+
+def image_embed_stats(data: Path, clip_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std of z_i over the training split (the prior standardises by them)."""
+    root = Path(data).expanduser() / "cache" / f"clip-{weights_hash(Path(clip_dir) / 'clip.safetensors')}"
+    s = json.loads((root / "stats.json").read_text())
+    return np.asarray(s["image_embed_mean"], np.float32), np.asarray(s["image_embed_std"], np.float32)

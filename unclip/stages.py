@@ -8,4 +8,12 @@ def make_task(cfg):
         from unclip.clip_task import CLIPTask
 
         return CLIPTask(cfg)
+    if cfg.stage == "prior":
+        from unclip.prior import PriorTask
+
+        return PriorTask(cfg)
+    if cfg.stage == "decoder":
+        from unclip.decoder import DecoderTask
+
+        return DecoderTask(cfg)
     raise ValueError(f"unknown stage {cfg.stage!r}; stages: {', '.join(STAGES)}")

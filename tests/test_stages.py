@@ -1,0 +1,91 @@
+"""Each stage: shapes, save/load round trips, and overfitting one fixed tiny batch (loss / 10)."""
+
+import pytest
+import torch
+
+from conftest import overfit
+from unclip.train import TrainConfig
+
+
+def _cfg(stage, data, clip_dir, **options):
+    return TrainConfig(stage=stage, preset="tiny", data=data, options={"clip": str(clip_dir), **options})
+
+
+def test_clip_overfits_a_fixed_batch(built_dataset):
+    from unclip.clip_task import CLIPTask
+
+    task = CLIPTask(TrainConfig(stage="clip", preset="tiny", data=built_dataset, options={"min_scale": 1.0}))
+    first, last = overfit(task, steps=150, lr=3e-3, n=8)
+    assert last < first / 10
+
+
+def test_prior_overfits_a_fixed_batch(built_dataset, tiny_clip_dir):
+    from unclip.prior import PriorTask
+
+    task = PriorTask(_cfg("prior", built_dataset, tiny_clip_dir))
+    first, last = overfit(task, steps=200, lr=3e-3)
+    assert last < first / 10
+
+
+def test_decoder_overfits_a_fixed_batch(built_dataset, tiny_clip_dir):
+    from unclip.decoder import DecoderTask
+
+    task = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir))
+    first, last = overfit(task, steps=150, lr=3e-3)
+    assert last < first / 10
+
+
+def test_decoder_shapes_guidance_null_and_roundtrip(tmp_path):
+    from unclip.decoder import Decoder, DecoderConfig
+    from unclip.presets import load_preset
+
+    p = load_preset("decoder", "tiny")
+    p["block_out_channels"] = tuple(p["block_out_channels"])
+    torch.manual_seed(0)
+    model = Decoder(DecoderConfig(**p)).eval()
+    with torch.no_grad():
+        model.null_image_embed.normal_()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    z_i, z_t, h, m = torch.randn(2, 384), torch.randn(2, 384), torch.randn(2, 5, 384), torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        out = model(x, t, z_i, z_t, h, m)
+        dropped = model(x, t, z_i, z_t, h, m, image_dropped=torch.tensor([True, False]))
+        null = model(x, t, model.null_image_embed.expand(2, -1), z_t, h, m)
+    assert out.shape == (2, 6, 16, 16)
+    torch.testing.assert_close(dropped[0], null[0])
+    torch.testing.assert_close(dropped[1], out[1])
+    model.save(tmp_path)
+    again = Decoder.load(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, t, z_i, z_t, h, m), out, atol=5e-2, rtol=0)  # fp16 weights on disk
+
+
+def test_prior_standardisation_roundtrip_and_save_load(tmp_path):
+    import numpy as np
+
+    from unclip.presets import load_preset
+    from unclip.prior import Prior, PriorConfig
+
+    torch.manual_seed(0)
+    model = Prior(PriorConfig(**load_preset("prior", "tiny"))).eval()
+    mean, std = np.linspace(-1, 1, 384).astype("float32"), np.linspace(0.5, 2, 384).astype("float32")
+    model.set_stats(mean, std)
+    z = torch.randn(3, 384)
+    torch.testing.assert_close(model.unstandardize(model.standardize(z)), z)
+    assert not model.transformer.clip_mean.requires_grad
+    x, t, zt, h, m = torch.randn(3, 384), torch.tensor([0, 5, 999]), torch.randn(3, 384), torch.randn(3, 16, 384), torch.ones(3, 16, dtype=torch.bool)
+    with torch.no_grad():
+        out = model(x, t, zt, h, m)
+    assert out.shape == (3, 384)
+    model.save(tmp_path)
+    again = Prior.load(tmp_path)
+    torch.testing.assert_close(again.transformer.clip_std, model.transformer.clip_std, atol=1e-2, rtol=1e-3)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, t, zt, h, m), out, atol=5e-2, rtol=0)
+
+
+def test_missing_clip_stage_is_a_clear_error(built_dataset, tmp_path):
+    from unclip.decoder import DecoderTask
+
+    with pytest.raises(FileNotFoundError, match="no trained CLIP stage at .*train it first"):
+        DecoderTask(_cfg("decoder", built_dataset, tmp_path / "nothing"))

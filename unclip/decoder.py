@@ -1,0 +1,192 @@
+"""Decoder: a GLIDE-style diffusion UNet producing 64×64 images from the CLIP image embedding z_i.
+
+Built from the diffusers classes Karlo uses, so weights map one to one to `UnCLIPPipeline`:
+- `UnCLIPTextProjModel` projects z_i (and z_t) into the timestep embedding (the UNet's
+  `class_embed_type="identity"` adds it) and into 4 extra context tokens, concatenated to the
+  projected, LayerNormed caption token states;
+- `UNet2DConditionModel` with ResNet levels first and `SimpleCrossAttn` levels after them
+  (spatial self-attention and the context share one softmax), out_channels = 6 (ε and the
+  learned variance of improved DDPM / GLIDE).
+Classifier-free guidance: z_i is replaced by the learned null embedding 10% of the time, and the
+caption by the encoding of "" 50% of the time (the unconditional caption is "", as in Karlo).
+"""
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class DecoderConfig:
+    sample_size: int = 64
+    block_out_channels: tuple[int, ...] = (32, 64, 96, 128)
+    layers_per_block: int = 2
+    attention_levels: int = 2  # the last N levels (and the middle) use cross-attention blocks
+    attention_head_dim: int = 32
+    cross_attention_dim: int = 256
+    clip_embed_dim: int = 384  # width of z_i, z_t and the caption token states
+    clip_extra_context_tokens: int = 4
+    norm_num_groups: int = 32
+    learned_variance: bool = True
+    image_drop: float = 0.1  # CFG: z_i -> learned null embedding
+    caption_drop: float = 0.5  # CFG: caption -> ""
+
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.block_out_channels[0]
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+        from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+
+        self.config = config
+        n = len(config.block_out_channels)
+        a = config.attention_levels
+        down = ("ResnetDownsampleBlock2D",) * (n - a) + ("SimpleCrossAttnDownBlock2D",) * a
+        up = ("SimpleCrossAttnUpBlock2D",) * a + ("ResnetUpsampleBlock2D",) * (n - a)
+        self.unet = UNet2DConditionModel(
+            sample_size=config.sample_size, in_channels=3, out_channels=6 if config.learned_variance else 3,
+            down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+            block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block,
+            cross_attention_dim=config.cross_attention_dim, attention_head_dim=config.attention_head_dim,
+            resnet_time_scale_shift="scale_shift", class_embed_type="identity", norm_num_groups=config.norm_num_groups,
+        )
+        self.text_proj = UnCLIPTextProjModel(
+            clip_extra_context_tokens=config.clip_extra_context_tokens, clip_embeddings_dim=config.clip_embed_dim,
+            time_embed_dim=config.time_embed_dim, cross_attention_dim=config.cross_attention_dim,
+        )
+
+    @property
+    def null_image_embed(self) -> torch.Tensor:
+        return self.text_proj.learned_classifier_free_guidance_embeddings  # (D,)
+
+    def forward(self, x_t, t, image_embed, text_embed, text_hidden, text_mask, image_dropped=None) -> torch.Tensor:
+        """x_t (B,3,H,W), t (B,), z_i (B,D), z_t (B,D), tokens (B,T,D), mask (B,T) bool -> (B,6,H,W).
+
+        image_dropped (B,) bool: use the learned null embedding for those samples (CFG).
+        """
+        if image_dropped is not None:
+            image_embed = torch.where(image_dropped[:, None], self.null_image_embed[None].to(image_embed.dtype), image_embed)
+        context, time_add = self.text_proj(image_embeddings=image_embed, prompt_embeds=text_embed,
+                                           text_encoder_hidden_states=text_hidden, do_classifier_free_guidance=False)
+        mask = F.pad(text_mask, (self.config.clip_extra_context_tokens, 0), value=True)  # (B, 4 + T)
+        return self.unet(x_t, t, encoder_hidden_states=context, class_labels=time_add, attention_mask=mask).sample
+
+    def save(self, directory: Path, dtype: torch.dtype = torch.float16) -> None:
+        """Diffusers layout: DIR/decoder (UNet2DConditionModel), DIR/text_proj, DIR/decoder_config.json."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, module in (("decoder", self.unet), ("text_proj", self.text_proj)):
+            module.to(dtype).save_pretrained(directory / name, safe_serialization=True)
+            module.to(torch.float32)
+        (directory / "decoder_config.json").write_text(json.dumps(asdict(self.config), indent=1))
+
+    @classmethod
+    def load(cls, directory: Path) -> "Decoder":
+        directory = Path(directory)
+        cfg = json.loads((directory / "decoder_config.json").read_text())
+        cfg["block_out_channels"] = tuple(cfg["block_out_channels"])
+        model = cls(DecoderConfig(**cfg))
+        model.load_weights(directory)
+        return model.eval()
+
+    def load_weights(self, directory: Path) -> None:
+        from diffusers import UNet2DConditionModel
+        from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+
+        unet = UNet2DConditionModel.from_pretrained(Path(directory) / "decoder", use_safetensors=True)
+        proj = UnCLIPTextProjModel.from_pretrained(Path(directory) / "text_proj", use_safetensors=True)
+        self.unet.load_state_dict({k: v.float() for k, v in unet.state_dict().items()})
+        self.text_proj.load_state_dict({k: v.float() for k, v in proj.state_dict().items()})
+
+
+class DecoderTask:
+    """Training task for the decoder. Options: clip=DIR (CLIP stage), min_snr_gamma (default 5)."""
+
+    def __init__(self, cfg, conditioning=None):
+        from unclip.conditioning import Conditioning, default_clip_dir
+        from unclip.diffusion import Schedule
+        from unclip.presets import load_preset
+
+        p = load_preset("decoder", cfg.preset)
+        p["block_out_channels"] = tuple(p["block_out_channels"])
+        self.cfg, self.config = cfg, DecoderConfig(**p)
+        self.model = Decoder(self.config)
+        clip_dir = cfg.options.get("clip") or default_clip_dir()
+        self.cond = conditioning or Conditioning(cfg.data, "train", clip_dir)
+        self.clip_dir = self.cond.clip_dir
+        self.schedule = Schedule()
+        self.gamma = float(cfg.options.get("min_snr_gamma", 5.0))
+        self._heldout = None
+
+    def __len__(self) -> int:
+        return len(self.cond)
+
+    def batch(self, indices, gens, device) -> dict:
+        from unclip.diffusion import draw_noise, draw_timesteps, draw_uniform
+
+        caps = self.cond.pick_captions(indices, gens)
+        caption_dropped = draw_uniform(gens) < self.config.caption_drop
+        image_dropped = draw_uniform(gens) < self.config.image_drop
+        t = draw_timesteps(gens, self.schedule.num_timesteps)
+        s = self.config.sample_size
+        noise = draw_noise(gens, (3, s, s))
+        z_t, hidden, mask = self.cond.text(caps, caption_dropped)
+        b = {"x0": self.cond.pixels(indices, s), "t": t, "noise": noise, "image_embed": self.cond.image_embeds(indices),
+             "text_embed": z_t, "text_hidden": hidden, "text_mask": mask, "image_dropped": image_dropped}
+        return {k: v.to(device) for k, v in b.items()}
+
+    def loss(self, model: "Decoder", batch: dict):
+        from unclip.diffusion import min_snr_weight, vlb_loss
+
+        sched = self.schedule.to(batch["x0"].device)
+        x_t = sched.q_sample(batch["x0"], batch["t"], batch["noise"])
+        out = model(x_t, batch["t"], batch["image_embed"], batch["text_embed"], batch["text_hidden"],
+                     batch["text_mask"], batch["image_dropped"]).float()
+        eps, v = out[:, :3], out[:, 3:]
+        mse = (eps - batch["noise"]).pow(2).flatten(1).mean(1)  # (B,)
+        weight = min_snr_weight(sched.snr(batch["t"]), self.gamma) if self.gamma else torch.ones_like(mse)
+        loss = (weight * mse).mean()
+        logs = {"mse": mse.mean().detach()}
+        if self.config.learned_variance:
+            vb = vlb_loss(sched, batch["x0"], x_t, batch["t"], eps, v).mean()
+            loss = loss + vb
+            logs["vb"] = vb.detach()
+        return loss, logs
+
+    def eval_model(self) -> "Decoder":
+        return Decoder(self.config)
+
+    @torch.no_grad()
+    def heldout_loss(self, model: "Decoder", n: int = 64) -> float:
+        """ε-MSE on held-out images (canonical captions, no dropout) at fixed timesteps and noise."""
+        from unclip.conditioning import Conditioning
+
+        if self._heldout is None:
+            cond = Conditioning(self.cfg.data, "heldout_images", self.clip_dir, clip=self.cond.clip)
+            idx = list(range(min(n, len(cond))))
+            s = self.config.sample_size
+            g = torch.Generator().manual_seed(1234)
+            z_t, hidden, mask = cond.text([int(cond.offsets[i]) for i in idx])
+            self._heldout = {"x0": cond.pixels(idx, s), "t": torch.linspace(0, self.schedule.num_timesteps - 1, len(idx)).long(),
+                             "noise": torch.randn(len(idx), 3, s, s, generator=g), "image_embed": cond.image_embeds(idx),
+                             "text_embed": z_t, "text_hidden": hidden, "text_mask": mask}
+        b = self._heldout
+        model.eval()
+        x_t = self.schedule.q_sample(b["x0"], b["t"], b["noise"])
+        eps = model(x_t, b["t"], b["image_embed"], b["text_embed"], b["text_hidden"], b["text_mask"])[:, :3]
+        model.train()
+        return float((eps - b["noise"]).pow(2).mean())
+
+    def export(self, model: "Decoder", directory: Path) -> None:
+        model.save(directory)
+
+    def load_weights(self, directory: Path) -> None:
+        self.model.load_weights(directory)

@@ -1,0 +1,124 @@
+"""What every diffusion stage shares: the cosine schedule, q_sample, loss weighting, learned variance.
+
+The schedule is diffusers' (`squaredcos_cap_v2`, 1000 steps), so training and the diffusers
+samplers agree on every alpha. Written here only what unCLIP's stages need beyond it: per-sample
+draws from keyed generators, min-SNR weighting, and GLIDE's learned-variance (L_vlb) term.
+"""
+
+import math
+
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def cosine_alphas_cumprod(num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
+    """ᾱ_t of the cosine schedule, exactly as diffusers' schedulers compute it (float64)."""
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(num_train_timesteps=num_timesteps, beta_schedule="squaredcos_cap_v2")
+    return sched.alphas_cumprod.double()
+
+
+class Schedule:
+    """ᾱ_t and the quantities derived from it, on one device, float32."""
+
+    def __init__(self, num_timesteps: int = NUM_TRAIN_TIMESTEPS, device="cpu"):
+        ac = cosine_alphas_cumprod(num_timesteps)
+        prev = torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])
+        betas = 1 - ac / prev
+        self.num_timesteps = num_timesteps
+        self.alphas_cumprod = ac.float().to(device)
+        self.betas = betas.float().to(device)
+        post_var = betas * (1 - prev) / (1 - ac)
+        # log of the posterior variance, with t=0 clipped to t=1's value (as in improved DDPM)
+        self.posterior_log_variance = torch.log(torch.cat([post_var[1:2], post_var[1:]])).float().to(device)
+        self.posterior_mean_coef1 = (betas * prev.sqrt() / (1 - ac)).float().to(device)
+        self.posterior_mean_coef2 = ((1 - prev) * (1 - betas).sqrt() / (1 - ac)).float().to(device)
+        self.log_betas = torch.log(betas).float().to(device)
+
+    def to(self, device) -> "Schedule":
+        for k, v in vars(self).items():
+            if torch.is_tensor(v):
+                setattr(self, k, v.to(device))
+        return self
+
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        ac = self.alphas_cumprod[t]
+        return ac / (1 - ac)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε."""
+        ac = _bcast(self.alphas_cumprod[t], x0)
+        return ac.sqrt() * x0 + (1 - ac).sqrt() * noise
+
+    def predict_x0(self, x_t, t, eps):
+        ac = _bcast(self.alphas_cumprod[t], x_t)
+        return (x_t - (1 - ac).sqrt() * eps) / ac.sqrt()
+
+    def q_posterior(self, x0, x_t, t):
+        """Mean and log-variance of q(x_{t-1} | x_t, x0)."""
+        mean = _bcast(self.posterior_mean_coef1[t], x_t) * x0 + _bcast(self.posterior_mean_coef2[t], x_t) * x_t
+        return mean, _bcast(self.posterior_log_variance[t], x_t)
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.ndim - 1)))
+
+
+def draw_timesteps(gens: list[torch.Generator], num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
+    """One uniform timestep per sample, from that sample's generator: (B,) int64."""
+    return torch.stack([torch.randint(num_timesteps, (), generator=g) for g in gens])
+
+
+def draw_noise(gens: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
+    """One standard normal tensor of `shape` per sample: (B, *shape)."""
+    return torch.stack([torch.randn(shape, generator=g) for g in gens])
+
+
+def draw_uniform(gens: list[torch.Generator]) -> torch.Tensor:
+    """One U(0, 1) number per sample: (B,), for dropout decisions."""
+    return torch.stack([torch.rand((), generator=g) for g in gens])
+
+
+def min_snr_weight(snr: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ weighting for ε-prediction (Hang et al. 2023): min(SNR, γ) / SNR."""
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _approx_std_normal_cdf(x):
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale):
+    """log p(x) of 8-bit data under a Gaussian discretised to bins of width 2/255 (improved DDPM)."""
+    centered = x - mean
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = _approx_std_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+    cdf_min = _approx_std_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    cdf_delta = cdf_plus - cdf_min
+    return torch.where(x < -0.999, log_cdf_plus,
+                       torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))))
+
+
+def learned_range_log_variance(schedule: Schedule, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """GLIDE/improved-DDPM: interpolate log β_t and log β̃_t with v ∈ [-1, 1] (diffusers' `learned_range`)."""
+    frac = (v + 1) / 2
+    return frac * _bcast(schedule.log_betas[t], v) + (1 - frac) * _bcast(schedule.posterior_log_variance[t], v)
+
+
+def vlb_loss(schedule: Schedule, x0, x_t, t, eps_pred, v) -> torch.Tensor:
+    """Per-sample L_vlb term (bits/dim) for the learned variance; the mean is detached so it trains only v."""
+    true_mean, true_logvar = schedule.q_posterior(x0, x_t, t)
+    x0_pred = schedule.predict_x0(x_t, t, eps_pred.detach())  # unclipped, as in improved DDPM training
+    model_mean, _ = schedule.q_posterior(x0_pred, x_t, t)
+    model_logvar = learned_range_log_variance(schedule, t, v)
+    kl = normal_kl(true_mean, true_logvar, model_mean, model_logvar).flatten(1).mean(1) / math.log(2.0)
+    nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar).flatten(1).mean(1) / math.log(2.0)
+    return torch.where(t == 0, nll, kl)

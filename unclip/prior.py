@@ -1,0 +1,156 @@
+"""Diffusion prior: caption (tokens, z_t) -> CLIP image embedding z_i.
+
+diffusers' `PriorTransformer` (the one Karlo uses): a causal transformer over
+[caption tokens, z_t, timestep embedding, noised z_i, a final "prd" query token]; the query
+token's output is the prediction of the *unnoised* z_i (x0-prediction, MSE loss). z_i is
+standardised by the training set's per-dimension mean and std (stored in the model as
+`clip_mean`/`clip_std`, applied back by `post_process_latents`). The caption is replaced by ""
+10% of the time for classifier-free guidance. Sampling draws several z_i and keeps the one with
+the largest dot product with z_t (best-of-N, the paper's N = 2).
+"""
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class PriorConfig:
+    num_attention_heads: int = 4
+    attention_head_dim: int = 64
+    num_layers: int = 6
+    embedding_dim: int = 384  # width of z_i, z_t and the caption token states
+    num_embeddings: int = 32  # caption tokens (padded or truncated to this many)
+    dropout: float = 0.0
+    text_drop: float = 0.1
+
+
+class Prior(nn.Module):
+    def __init__(self, config: PriorConfig):
+        super().__init__()
+        from diffusers import PriorTransformer
+
+        self.config = config
+        self.transformer = PriorTransformer(
+            num_attention_heads=config.num_attention_heads, attention_head_dim=config.attention_head_dim,
+            num_layers=config.num_layers, embedding_dim=config.embedding_dim, num_embeddings=config.num_embeddings,
+            additional_embeddings=4, dropout=config.dropout,
+        )
+        with torch.no_grad():
+            self.transformer.clip_std.fill_(1.0)
+        self.transformer.clip_mean.requires_grad_(False)  # dataset statistics, not learned
+        self.transformer.clip_std.requires_grad_(False)
+
+    def set_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        with torch.no_grad():
+            self.transformer.clip_mean.copy_(torch.as_tensor(mean).view(1, -1))
+            self.transformer.clip_std.copy_(torch.as_tensor(std).view(1, -1))
+
+    def standardize(self, image_embed: torch.Tensor) -> torch.Tensor:
+        return (image_embed - self.transformer.clip_mean) / self.transformer.clip_std
+
+    def unstandardize(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.transformer.post_process_latents(latents)
+
+    def forward(self, x_t, t, text_embed, text_hidden, text_mask) -> torch.Tensor:
+        """x_t (B,D) standardised, t (B,), z_t (B,D), tokens (B,T,D), mask (B,T) -> predicted x0 (B,D)."""
+        return self.transformer(x_t, t, proj_embedding=text_embed, encoder_hidden_states=text_hidden,
+                                attention_mask=text_mask).predicted_image_embedding
+
+    def save(self, directory: Path, dtype: torch.dtype = torch.float16) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.transformer.to(dtype).save_pretrained(directory / "prior", safe_serialization=True)
+        self.transformer.to(torch.float32)
+        (directory / "prior_config.json").write_text(json.dumps(asdict(self.config), indent=1))
+
+    @classmethod
+    def load(cls, directory: Path) -> "Prior":
+        cfg = json.loads((Path(directory) / "prior_config.json").read_text())
+        model = cls(PriorConfig(**cfg))
+        model.load_weights(directory)
+        return model.eval()
+
+    def load_weights(self, directory: Path) -> None:
+        from diffusers import PriorTransformer
+
+        t = PriorTransformer.from_pretrained(Path(directory) / "prior", use_safetensors=True)
+        self.transformer.load_state_dict({k: v.float() for k, v in t.state_dict().items()})
+
+
+class PriorTask:
+    """Training task for the diffusion prior. Options: clip=DIR (CLIP stage)."""
+
+    def __init__(self, cfg, conditioning=None):
+        from unclip.conditioning import Conditioning, default_clip_dir
+        from unclip.diffusion import Schedule
+        from unclip.embed import image_embed_stats
+        from unclip.presets import load_preset
+
+        self.cfg, self.config = cfg, PriorConfig(**load_preset("prior", cfg.preset))
+        self.model = Prior(self.config)
+        clip_dir = cfg.options.get("clip") or default_clip_dir()
+        self.cond = conditioning or Conditioning(cfg.data, "train", clip_dir, max_tokens=self.config.num_embeddings)
+        self.clip_dir = self.cond.clip_dir
+        self.stats = image_embed_stats(cfg.data, self.clip_dir)
+        self.model.set_stats(*self.stats)
+        self.schedule = Schedule()
+        self._heldout = None
+
+    def __len__(self) -> int:
+        return len(self.cond)
+
+    def batch(self, indices, gens, device) -> dict:
+        from unclip.diffusion import draw_noise, draw_timesteps, draw_uniform
+
+        caps = self.cond.pick_captions(indices, gens)
+        dropped = draw_uniform(gens) < self.config.text_drop
+        t = draw_timesteps(gens, self.schedule.num_timesteps)
+        noise = draw_noise(gens, (self.config.embedding_dim,))
+        z_t, hidden, mask = self.cond.text(caps, dropped)
+        b = {"image_embed": self.cond.image_embeds(indices), "t": t, "noise": noise, "text_embed": z_t,
+             "text_hidden": hidden, "text_mask": mask}
+        return {k: v.to(device) for k, v in b.items()}
+
+    def loss(self, model: Prior, batch: dict):
+        sched = self.schedule.to(batch["t"].device)
+        x0 = model.standardize(batch["image_embed"])
+        x_t = sched.q_sample(x0, batch["t"], batch["noise"])
+        pred = model(x_t, batch["t"], batch["text_embed"], batch["text_hidden"], batch["text_mask"]).float()
+        loss = (pred - x0).pow(2).mean()
+        with torch.no_grad():
+            cos = nn.functional.cosine_similarity(model.unstandardize(pred), batch["image_embed"]).mean()
+        return loss, {"cos_z_i": cos}
+
+    def eval_model(self) -> Prior:
+        m = Prior(self.config)
+        m.set_stats(*self.stats)
+        return m
+
+    @torch.no_grad()
+    def heldout_loss(self, model: Prior, n: int = 256) -> float:
+        from unclip.conditioning import Conditioning
+
+        if self._heldout is None:
+            cond = Conditioning(self.cfg.data, "heldout_images", self.clip_dir, clip=self.cond.clip,
+                                max_tokens=self.config.num_embeddings)
+            idx = list(range(min(n, len(cond))))
+            z_t, hidden, mask = cond.text([int(cond.offsets[i]) for i in idx])
+            g = torch.Generator().manual_seed(1234)
+            self._heldout = {"image_embed": cond.image_embeds(idx), "t": torch.linspace(0, self.schedule.num_timesteps - 1, len(idx)).long(),
+                             "noise": torch.randn(len(idx), self.config.embedding_dim, generator=g),
+                             "text_embed": z_t, "text_hidden": hidden, "text_mask": mask}
+        model.eval()
+        loss, _ = self.loss(model, self._heldout)
+        model.train()
+        return float(loss)
+
+    def export(self, model: Prior, directory: Path) -> None:
+        model.save(directory)
+
+    def load_weights(self, directory: Path) -> None:
+        self.model.load_weights(directory)
