@@ -89,3 +89,59 @@ def test_missing_clip_stage_is_a_clear_error(built_dataset, tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no trained CLIP stage at .*train it first"):
         DecoderTask(_cfg("decoder", built_dataset, tmp_path / "nothing"))
+
+
+def test_upsampler_overfits_a_fixed_batch(built_dataset):
+    from unclip.upsampler import UpsamplerTask
+
+    task = UpsamplerTask(TrainConfig(stage="upsampler", preset="tiny", data=built_dataset))
+    first, last = overfit(task, steps=150, lr=3e-3)
+    assert last < first / 10
+
+
+def test_upsampler_trains_on_crops_and_runs_on_the_full_image_up_to_1024():
+    from unclip.presets import load_preset
+    from unclip.upsampler import Upsampler, UpsamplerConfig
+
+    p = load_preset("upsampler", "sr1024-small")
+    p["block_out_channels"] = tuple(p["block_out_channels"])
+    model = Upsampler(UpsamplerConfig(**p)).eval()
+    with torch.no_grad():
+        crop = model(torch.randn(1, 3, 256, 256), torch.tensor([500]), torch.randn(1, 3, 256, 256))
+        full = model(torch.randn(1, 3, 1024, 1024), torch.tensor([500]), torch.randn(1, 3, 1024, 1024))
+    assert crop.shape == (1, 3, 256, 256) and full.shape == (1, 3, 1024, 1024)
+    assert "attn" not in " ".join(n for n, _ in model.named_modules()), "upsamplers are convolution-only"
+
+
+def test_degradations_are_per_sample_and_deterministic():
+    from unclip.degrade import blur, degrade_blur, degrade_bsr
+
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    flat = torch.zeros(1, 3, 16, 16) + 0.3
+    torch.testing.assert_close(blur(flat, torch.tensor([1.5])), flat)  # a blur keeps a flat image
+    sharp = torch.zeros(1, 1, 9, 9)
+    sharp[..., 4, 4] = 1
+    assert blur(sharp, torch.tensor([1.0]))[..., 4, 4] < 0.5
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    a, b = degrade_blur(x, 4, gens()), degrade_blur(x, 4, gens())
+    assert a.shape == (2, 3, 8, 8) and torch.equal(a, b)
+    c = degrade_bsr(x, 4, gens())
+    assert c.shape == (2, 3, 8, 8) and torch.equal(c, degrade_bsr(x, 4, gens())) and c.abs().max() <= 1
+
+
+def test_ar_prior_quantizer_roundtrip_and_overfit(built_dataset, tiny_clip_dir):
+    from unclip.ar_prior import ARPriorTask
+
+    task = ARPriorTask(_cfg("ar_prior", built_dataset, tiny_clip_dir))
+    q = task.model.quantizer
+    z = torch.nn.functional.normalize(torch.from_numpy(task.cond.image_embed[:16].astype("float32")), dim=-1)
+    codes = q.encode(z)
+    assert codes.shape == (16, task.model.dims) and codes.max() < task.config.buckets
+    recon = q.decode(codes)
+    assert torch.nn.functional.cosine_similarity(recon, z).mean() > 0.5
+    first, last = overfit(task, steps=150, lr=3e-3)
+    assert last < first / 10
+    b = task.batch([0, 1], [torch.Generator().manual_seed(i) for i in range(2)], "cpu")
+    out = task.model.generate(b["text_hidden"], b["text_mask"], b["text_embed"], torch.Generator().manual_seed(0))
+    assert out.shape == (2, 384)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2))

@@ -12,8 +12,16 @@ def make_task(cfg):
         from unclip.prior import PriorTask
 
         return PriorTask(cfg)
+    if cfg.stage == "ar_prior":
+        from unclip.ar_prior import ARPriorTask
+
+        return ARPriorTask(cfg)
     if cfg.stage == "decoder":
         from unclip.decoder import DecoderTask
 
         return DecoderTask(cfg)
+    if cfg.stage == "upsampler":
+        from unclip.upsampler import UpsamplerTask
+
+        return UpsamplerTask(cfg)
     raise ValueError(f"unknown stage {cfg.stage!r}; stages: {', '.join(STAGES)}")

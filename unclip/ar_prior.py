@@ -1,0 +1,217 @@
+"""Autoregressive prior (the paper's ablation): caption -> discrete code of z_i, token by token.
+
+z_i is reduced by PCA to the k leading components that explain `explained_variance` of the
+training set's variance (the paper kept 319 of 1024; emoji embeddings need far fewer), and each
+component is quantised into quantile-spaced buckets. A causal transformer (transformers' GPT-2
+blocks) reads [caption tokens, z_t, a token for the quantised dot product z_i·z_t] as a prefix and
+predicts the k bucket indices in order of decreasing variance. At sampling the dot-product token
+is drawn from the top half of its buckets, which steers towards images that match the caption.
+"""
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from unclip.weights import load_safetensors, save_safetensors
+
+
+@dataclass
+class ARPriorConfig:
+    explained_variance: float = 0.99
+    max_dims: int = 64
+    buckets: int = 128
+    dot_buckets: int = 32
+    width: int = 256
+    layers: int = 6
+    heads: int = 4
+    num_embeddings: int = 32  # caption tokens
+    embed_dim: int = 384  # width of z_i, z_t and the caption token states
+    text_drop: float = 0.1
+
+
+class Quantizer(nn.Module):
+    """PCA + per-dimension quantile buckets for z_i, and quantile buckets for z_i·z_t."""
+
+    def __init__(self, embed_dim: int, dims: int, buckets: int, dot_buckets: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(embed_dim))
+        self.register_buffer("components", torch.zeros(dims, embed_dim))  # (k, D) rows: principal axes
+        self.register_buffer("edges", torch.zeros(dims, buckets - 1))  # (k, B-1) inner bucket edges
+        self.register_buffer("centers", torch.zeros(dims, buckets))  # (k, B) value decoded per bucket
+        self.register_buffer("dot_edges", torch.zeros(dot_buckets - 1))
+        self.register_buffer("dot_centers", torch.zeros(dot_buckets))
+
+    @staticmethod
+    def choose_dims(image_embed: torch.Tensor, explained_variance: float, max_dims: int) -> int:
+        x = image_embed - image_embed.mean(0)
+        s = torch.linalg.svdvals(x.double())
+        ratio = (s**2).cumsum(0) / (s**2).sum()
+        return min(int((ratio < explained_variance).sum()) + 1, max_dims)
+
+    @torch.no_grad()
+    def fit(self, image_embed: torch.Tensor, dots: torch.Tensor) -> "Quantizer":
+        k, buckets = self.components.shape[0], self.centers.shape[1]
+        self.mean.copy_(image_embed.mean(0))
+        _, _, vh = torch.linalg.svd((image_embed - self.mean).double(), full_matrices=False)
+        self.components.copy_(vh[:k].float())
+        coeffs = (image_embed - self.mean) @ self.components.T  # (N, k)
+        q = torch.linspace(0, 1, buckets + 1)[1:-1]
+        self.edges.copy_(torch.quantile(coeffs.T.double(), q.double(), dim=1).T.float())
+        self.centers.copy_(torch.quantile(coeffs.T.double(), ((torch.arange(buckets) + 0.5) / buckets).double(), dim=1).T.float())
+        nd = self.dot_centers.shape[0]
+        self.dot_edges.copy_(torch.quantile(dots.double(), torch.linspace(0, 1, nd + 1)[1:-1].double()).float())
+        self.dot_centers.copy_(torch.quantile(dots.double(), ((torch.arange(nd) + 0.5) / nd).double()).float())
+        return self
+
+    def encode(self, image_embed: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N, k) bucket indices."""
+        coeffs = (image_embed - self.mean) @ self.components.T  # (N, k)
+        return torch.stack([torch.bucketize(coeffs[:, j].contiguous(), self.edges[j]) for j in range(coeffs.shape[1])], 1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(N, k) bucket indices -> (N, D) unit-norm z_i."""
+        coeffs = self.centers.gather(1, codes.T).T  # (N, k)
+        return F.normalize(self.mean + coeffs @ self.components, dim=-1)
+
+    def dot_code(self, dots: torch.Tensor) -> torch.Tensor:
+        return torch.bucketize(dots.contiguous(), self.dot_edges)
+
+
+class ARPrior(nn.Module):
+    def __init__(self, config: ARPriorConfig, dims: int):
+        super().__init__()
+        from transformers import GPT2Config, GPT2Model
+
+        self.config, self.dims = config, dims
+        self.quantizer = Quantizer(config.embed_dim, dims, config.buckets, config.dot_buckets)
+        w = config.width
+        self.text_in = nn.Linear(config.embed_dim, w)  # caption token states
+        self.text_embed_in = nn.Linear(config.embed_dim, w)  # z_t
+        self.dot_embedding = nn.Embedding(config.dot_buckets, w)
+        self.code_embedding = nn.Embedding(config.buckets, w)
+        self.gpt = GPT2Model(GPT2Config(n_embd=w, n_layer=config.layers, n_head=config.heads, vocab_size=1,
+                                        n_positions=config.num_embeddings + 2 + dims, resid_pdrop=0.0,
+                                        embd_pdrop=0.0, attn_pdrop=0.0))
+        self.head = nn.Linear(w, config.buckets)
+
+    def prefix(self, text_hidden, text_mask, text_embed, dot_codes):
+        """-> embeddings (B, T+2, w) and mask (B, T+2) of [caption tokens, z_t, dot token]."""
+        e = torch.cat([self.text_in(text_hidden), self.text_embed_in(text_embed)[:, None], self.dot_embedding(dot_codes)[:, None]], 1)
+        m = torch.cat([text_mask, torch.ones(len(text_mask), 2, dtype=torch.bool, device=text_mask.device)], 1)
+        return e, m
+
+    def forward(self, text_hidden, text_mask, text_embed, dot_codes, codes) -> torch.Tensor:
+        """Teacher-forced logits (B, k, buckets) for codes (B, k)."""
+        e, m = self.prefix(text_hidden, text_mask, text_embed, dot_codes)
+        x = torch.cat([e, self.code_embedding(codes[:, :-1])], 1)  # (B, T+2+k-1, w)
+        mask = torch.cat([m, torch.ones(len(m), codes.shape[1] - 1, dtype=torch.bool, device=m.device)], 1)
+        h = self.gpt(inputs_embeds=x, attention_mask=mask.long()).last_hidden_state
+        return self.head(h[:, e.shape[1] - 1:])  # the dot token predicts code 0, code j predicts code j+1
+
+    @torch.no_grad()
+    def generate(self, text_hidden, text_mask, text_embed, generator=None, temperature: float = 1.0) -> torch.Tensor:
+        """Sample z_i (B, D); the dot-product token is drawn uniformly from the top half of its buckets."""
+        b, nd = len(text_embed), self.config.dot_buckets
+        dot = torch.randint(nd // 2, nd, (b,), generator=generator, device=text_embed.device)
+        e, m = self.prefix(text_hidden, text_mask, text_embed, dot)
+        codes, past, x, mask = [], None, e, m.long()
+        for _ in range(self.dims):
+            out = self.gpt(inputs_embeds=x, attention_mask=mask, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            probs = F.softmax(self.head(out.last_hidden_state[:, -1]).float() / temperature, -1)
+            c = torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
+            codes.append(c)
+            x = self.code_embedding(c)[:, None]
+            mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=mask.device)], 1)
+        return self.quantizer.decode(torch.stack(codes, 1))
+
+    def save(self, directory: Path, dtype: torch.dtype = torch.float16) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        keep32 = ("quantizer.",)  # PCA and bucket values stay exact
+        sd = {k: (v if k.startswith(keep32) else v.to(dtype)) for k, v in self.state_dict().items()}
+        save_safetensors(sd, directory / "ar_prior.safetensors")
+        (directory / "ar_prior_config.json").write_text(json.dumps({**asdict(self.config), "dims": self.dims}, indent=1))
+
+    @classmethod
+    def load(cls, directory: Path) -> "ARPrior":
+        cfg = json.loads((Path(directory) / "ar_prior_config.json").read_text())
+        dims = cfg.pop("dims")
+        model = cls(ARPriorConfig(**cfg), dims)
+        model.load_state_dict({k: v.float() for k, v in load_safetensors(Path(directory) / "ar_prior.safetensors").items()})
+        return model.eval()
+
+
+class ARPriorTask:
+    """Training task for the AR prior. Options: clip=DIR (CLIP stage)."""
+
+    def __init__(self, cfg, conditioning=None):
+        import numpy as np
+
+        from unclip.conditioning import Conditioning, default_clip_dir
+        from unclip.presets import load_preset
+
+        self.cfg, self.config = cfg, ARPriorConfig(**load_preset("ar_prior", cfg.preset))
+        clip_dir = cfg.options.get("clip") or default_clip_dir()
+        self.cond = conditioning or Conditioning(cfg.data, "train", clip_dir, max_tokens=self.config.num_embeddings)
+        self.clip_dir = self.cond.clip_dir
+        z = torch.from_numpy(np.asarray(self.cond.image_embed, dtype=np.float32))
+        first = torch.from_numpy(np.asarray(self.cond.text_embed[self.cond.offsets[:-1]], dtype=np.float32))
+        dims = Quantizer.choose_dims(z, self.config.explained_variance, self.config.max_dims)
+        self.model = ARPrior(self.config, dims)
+        self.model.quantizer.fit(z, (z * first).sum(1))
+        self.codes = self.model.quantizer.encode(z)  # (N, k)
+        self._heldout = None
+
+    def __len__(self) -> int:
+        return len(self.cond)
+
+    def batch(self, indices, gens, device) -> dict:
+        from unclip.diffusion import draw_uniform
+
+        caps = self.cond.pick_captions(indices, gens)
+        dropped = draw_uniform(gens) < self.config.text_drop
+        z_t, hidden, mask = self.cond.text(caps, dropped)
+        z_i = self.cond.image_embeds(indices)
+        dot = self.model.quantizer.dot_code((z_i * z_t).sum(1))
+        b = {"text_hidden": hidden, "text_mask": mask, "text_embed": z_t, "dot": dot, "codes": self.codes[indices]}
+        return {k: v.to(device) for k, v in b.items()}
+
+    @staticmethod
+    def loss(model: ARPrior, batch: dict):
+        logits = model(batch["text_hidden"], batch["text_mask"], batch["text_embed"], batch["dot"], batch["codes"])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["codes"].flatten())
+        acc = (logits.argmax(-1) == batch["codes"]).float().mean()
+        return loss, {"token_acc": acc.detach()}
+
+    def eval_model(self) -> ARPrior:
+        m = ARPrior(self.config, self.model.dims)
+        m.quantizer.load_state_dict(self.model.quantizer.state_dict())
+        return m
+
+    @torch.no_grad()
+    def heldout_loss(self, model: ARPrior, n: int = 256) -> float:
+        from unclip.conditioning import Conditioning
+
+        if self._heldout is None:
+            cond = Conditioning(self.cfg.data, "heldout_images", self.clip_dir, clip=self.cond.clip,
+                                max_tokens=self.config.num_embeddings)
+            idx = list(range(min(n, len(cond))))
+            z_t, hidden, mask = cond.text([int(cond.offsets[i]) for i in idx])
+            z_i = cond.image_embeds(idx)
+            self._heldout = {"text_hidden": hidden, "text_mask": mask, "text_embed": z_t,
+                             "dot": self.model.quantizer.dot_code((z_i * z_t).sum(1)), "codes": self.model.quantizer.encode(z_i)}
+        model.eval()
+        loss, _ = self.loss(model, self._heldout)
+        model.train()
+        return float(loss)
+
+    def export(self, model: ARPrior, directory: Path) -> None:
+        model.save(directory)
+
+    def load_weights(self, directory: Path) -> None:
+        self.model.load_state_dict(ARPrior.load(directory).state_dict())
