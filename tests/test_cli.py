@@ -36,3 +36,14 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "unclip", "data", "stats", "--data", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "run `unclip data build` first" in r.stderr
+
+
+def test_embed_then_train_a_stage_from_the_cli(built_dataset, tiny_clip_dir, tmp_path, capsys):
+    assert main(["embed", "--data", str(built_dataset), "--clip", str(tiny_clip_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "train:" in out and "z_i (" in out
+    run = tmp_path / "run"
+    assert main(["train", "prior", "--preset", "tiny", "--data", str(built_dataset), "--out", str(run), "--max-steps", "3",
+                 "--batch-size", "4", "--option", f"clip={tiny_clip_dir}"]) == 0
+    assert (run / "checkpoint" / "state.json").exists() and (run / "model" / "prior" / "config.json").exists()
+    assert main(["train", "prior", "--preset", "nope", "--data", str(built_dataset), "--out", str(run)]) == 2

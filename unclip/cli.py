@@ -56,6 +56,21 @@ def _train(a) -> int:
     return 0
 
 
+def _embed(a) -> int:
+    from unclip.conditioning import default_clip_dir, load_clip_dir
+    from unclip.embed import SPLITS, clip_embeddings, image_pack, text_features
+
+    clip_dir = a.clip or default_clip_dir()
+    clip = load_clip_dir(clip_dir)
+    for split in SPLITS:
+        images, index = image_pack(a.data, split)
+        text = text_features(a.data, split, clip.text_tower)
+        emb = clip_embeddings(a.data, split, clip, clip_dir)
+        print(f"{split}: {len(images)} images, {len(index['captions'])} captions, z_i {tuple(emb['image_embed'].shape)}, "
+              f"z_t {tuple(emb['text_embed'].shape)}, token states {tuple(text['tokens'].shape)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unclip", description="unCLIP: text-to-image with CLIP latents")
     sub = p.add_subparsers(dest="command", required=True)
@@ -83,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--seed", type=int, default=0)
     sh.add_argument("--out", type=Path, default=Path("contact_sheet.png"))
     sh.set_defaults(fn=_data_show)
+
+    e = sub.add_parser("embed", help="precompute z_i, z_t and caption token states next to the shards")
+    e.add_argument("--data", type=Path, default=default_data_dir())
+    e.add_argument("--clip", type=Path, help="CLIP stage directory (default: the shipped model, else the CLIP run)")
+    e.set_defaults(fn=_embed)
 
     from unclip.stages import STAGES
 

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from unclip.weights import save_diffusers
+
 
 @dataclass
 class DecoderConfig:
@@ -84,8 +86,7 @@ class Decoder(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, module in (("decoder", self.unet), ("text_proj", self.text_proj)):
-            module.to(dtype).save_pretrained(directory / name, safe_serialization=True)
-            module.to(torch.float32)
+            save_diffusers(module, directory / name, half=dtype == torch.float16)
         (directory / "decoder_config.json").write_text(json.dumps(asdict(self.config), indent=1))
 
     @classmethod

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from unclip.weights import save_diffusers
+
 
 @dataclass
 class PriorConfig:
@@ -64,8 +66,7 @@ class Prior(nn.Module):
     def save(self, directory: Path, dtype: torch.dtype = torch.float16) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.transformer.to(dtype).save_pretrained(directory / "prior", safe_serialization=True)
-        self.transformer.to(torch.float32)
+        save_diffusers(self.transformer, directory / "prior", half=dtype == torch.float16)
         (directory / "prior_config.json").write_text(json.dumps(asdict(self.config), indent=1))
 
     @classmethod

@@ -183,15 +183,18 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
     mp = cfg.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
-    acc = Accelerator(mixed_precision=mp)
+    acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())  # cpu=True: gloo across CPU processes
     world, rank = acc.num_processes, acc.process_index
     if cfg.batch_size % (world * cfg.grad_accum):
         raise ValueError(f"batch size {cfg.batch_size} must be divisible by processes x grad_accum = {world * cfg.grad_accum}")
     run = cfg.run_dir()
     log = log or (lambda msg: acc.print(msg))
-    task = task or make_task(cfg)
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process and in a 1-process run
+    with acc.main_process_first():  # rank 0 builds packs and embeddings; the others then read them
+        task = task or make_task(cfg)
     model = task.model
     ckpt = find_checkpoint(run) if cfg.resume else None
+    log(f"training {cfg.stage} ({cfg.preset}) on {world} process(es), {acc.device}, mixed precision {mp}")
     start, warmup, ema_updates, state = 0, cfg.warmup_steps, 0, {}
     if ckpt is not None:
         state = json.loads((ckpt / "state.json").read_text())
@@ -285,6 +288,10 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
         ema.update(acc.unwrap_model(wrapped).model)
         samples_log += cfg.batch_size
         done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.max_steps:
+            if world > 1:  # log the global batch's loss, not this rank's share
+                vals = acc.reduce(torch.tensor([loss_total, *logs_sum.values()], device=device), reduction="mean")
+                loss_total, logs_sum = float(vals[0]), dict(zip(logs_sum, vals[1:].tolist()))
         if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.max_steps):
             dt = time.time() - t_log
             record = {"step": done, "loss": loss_total, "lr": opt.param_groups[0]["lr"],
@@ -304,11 +311,24 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
             log(f"stopped by SIGTERM at step {done}; checkpoint saved")
             break
     bar.close()
+    if world > 1:
+        in_sync = _ranks_in_sync(acc, acc.unwrap_model(wrapped).model)
+        if acc.is_main_process:
+            _append(metrics_path, {"step": step + 1, "ranks_in_sync": in_sync})
+        if not in_sync:
+            raise RuntimeError("the processes ended with different weights; please report this as a bug")
     if old_handler is not None:
         signal.signal(signal.SIGTERM, old_handler)
     acc.wait_for_everyone()
     acc.end_training()
     return {"step": step + 1 if cfg.max_steps > start else start, "best_heldout": best, **record}
+
+
+def _ranks_in_sync(acc, model: nn.Module) -> bool:
+    """True when every process holds bit-identical weights (compares per-tensor checksums)."""
+    sums = torch.stack([p.detach().double().sum() for p in model.state_dict().values()]).to(acc.device)
+    every = acc.gather(sums[None])  # (world, n_tensors)
+    return bool((every == every[0]).all())
 
 
 def _broadcast_flag(acc, flag: bool) -> bool:

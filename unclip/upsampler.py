@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from unclip.weights import save_diffusers
+
 
 @dataclass
 class UpsamplerConfig:
@@ -47,8 +49,7 @@ class Upsampler(nn.Module):
     def save(self, directory: Path, name: str = "super_res_first", dtype: torch.dtype = torch.float16) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.unet.to(dtype).save_pretrained(directory / name, safe_serialization=True)
-        self.unet.to(torch.float32)
+        save_diffusers(self.unet, directory / name, half=dtype == torch.float16)
         (directory / f"{name}_config.json").write_text(json.dumps(asdict(self.config), indent=1))
 
     @classmethod

@@ -28,3 +28,11 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(Path(path)) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+
+
+def save_diffusers(module, directory: Path, half: bool = True) -> None:
+    """`save_pretrained` (config.json + safetensors) of a copy in fp16; the live module is untouched."""
+    import copy
+
+    out = copy.deepcopy(module)
+    (out.half() if half else out.float()).save_pretrained(Path(directory), safe_serialization=True)
