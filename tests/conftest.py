@@ -156,3 +156,38 @@ def overfit(task, steps: int, lr: float = 2e-3, n: int = 4) -> tuple[float, floa
         opt.step()
         losses.append(float(loss.detach()))
     return losses[0], min(losses[-5:])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_clip_dir):
+    """A whole tiny unCLIP (random weights): CLIP, prior, decoder, upsampler, AR prior, in one directory."""
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from unclip.ar_prior import ARPrior, ARPriorConfig
+    from unclip.decoder import Decoder, DecoderConfig
+    from unclip.presets import load_preset
+    from unclip.prior import Prior, PriorConfig
+    from unclip.upsampler import Upsampler, UpsamplerConfig
+
+    d = tmp_path_factory.mktemp("model")
+    for f in tiny_clip_dir.iterdir():
+        shutil.copy(f, d / f.name)
+    torch.manual_seed(0)
+    prior = Prior(PriorConfig(**load_preset("prior", "tiny")))
+    prior.set_stats(np.zeros(384, "float32"), np.full(384, 0.05, "float32"))
+    prior.save(d)
+    p = load_preset("decoder", "tiny")
+    p["block_out_channels"] = tuple(p["block_out_channels"])
+    Decoder(DecoderConfig(**p)).save(d)
+    p = load_preset("upsampler", "tiny")
+    p["block_out_channels"] = tuple(p["block_out_channels"])
+    p["sample_size"] = 64  # 16 px decoder output -> 64 px
+    Upsampler(UpsamplerConfig(**p)).save(d)
+    ar = ARPrior(ARPriorConfig(**load_preset("ar_prior", "tiny")), dims=4)
+    z = torch.nn.functional.normalize(torch.randn(64, 384), dim=-1)
+    ar.quantizer.fit(z, torch.rand(64))
+    ar.save(d)
+    return d

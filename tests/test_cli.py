@@ -47,3 +47,13 @@ def test_embed_then_train_a_stage_from_the_cli(built_dataset, tiny_clip_dir, tmp
                  "--batch-size", "4", "--option", f"clip={tiny_clip_dir}"]) == 0
     assert (run / "checkpoint" / "state.json").exists() and (run / "model" / "prior" / "config.json").exists()
     assert main(["train", "prior", "--preset", "nope", "--data", str(built_dataset), "--out", str(run)]) == 2
+
+
+def test_presets_print_paper_sizes(capsys):
+    assert main(["presets", "--json"]) == 0
+    rows = {(r["stage"], r["preset"]): r["params"] for r in json.loads(capsys.readouterr().out)}
+    # published sizes: Karlo prior 1B, decoder 900M, two 64->256 upsamplers 1.4B; the paper's ViT-H/16 632M
+    assert abs(rows[("prior", "karlo")] / 1.0e9 - 1) < 0.05
+    assert abs(rows[("decoder", "karlo")] / 0.9e9 - 1) < 0.05
+    assert abs(2 * rows[("upsampler", "karlo")] / 1.4e9 - 1) < 0.05
+    assert abs(rows[("clip", "paper")] / 632e6 - 1) < 0.05

@@ -95,7 +95,7 @@ class ARPrior(nn.Module):
         self.code_embedding = nn.Embedding(config.buckets, w)
         self.gpt = GPT2Model(GPT2Config(n_embd=w, n_layer=config.layers, n_head=config.heads, vocab_size=1,
                                         n_positions=config.num_embeddings + 2 + dims, resid_pdrop=0.0,
-                                        embd_pdrop=0.0, attn_pdrop=0.0))
+                                        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))
         self.head = nn.Linear(w, config.buckets)
 
     def prefix(self, text_hidden, text_mask, text_embed, dot_codes):

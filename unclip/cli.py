@@ -71,6 +71,31 @@ def _embed(a) -> int:
     return 0
 
 
+def _bench_train(a) -> int:
+    import torch
+
+    from unclip.bench import bench_train
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    options = {"clip": str(a.clip)} if a.clip else {}
+    r = bench_train(a.stage, a.preset, a.data, a.batch_size, steps=a.steps, options=options)
+    print(json.dumps(r) if a.json else "\n".join(f"{k:>24}: {v}" for k, v in r.items()))
+    return 0
+
+
+def _presets(a) -> int:
+    from unclip.bench import preset_table
+
+    rows = preset_table()
+    if a.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['stage']:>10} {r['preset']:<14} {r['params'] / 1e6:>10.2f}M")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unclip", description="unCLIP: text-to-image with CLIP latents")
     sub = p.add_subparsers(dest="command", required=True)
@@ -127,6 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-from", type=Path, help="start from these weights when there is no checkpoint")
     t.add_argument("--option", action="append", metavar="KEY=VALUE", help="stage-specific setting (repeatable)")
     t.set_defaults(fn=_train)
+
+    pr = sub.add_parser("presets", help="list every model size preset with its parameter count")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(fn=_presets)
+
+    bench = sub.add_parser("bench", help="measure speed").add_subparsers(dest="bench_command", required=True)
+    bt = bench.add_parser("train", help="training samples/s, FLOPs per sample and MFU vs this machine's matmul peak")
+    bt.add_argument("--stage", choices=STAGES, default="decoder")
+    bt.add_argument("--preset", default="small")
+    bt.add_argument("--data", type=Path, default=default_data_dir())
+    bt.add_argument("--clip", type=Path, help="CLIP stage directory (prior/decoder conditioning)")
+    bt.add_argument("--batch-size", type=int, default=32)
+    bt.add_argument("--steps", type=int, default=5)
+    bt.add_argument("--threads", type=int, default=0)
+    bt.add_argument("--json", action="store_true")
+    bt.set_defaults(fn=_bench_train)
     return p
 
 

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+
+import unclip
+from unclip.sampling import SAMPLERS, guided
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    return unclip.load(tiny_model_dir)
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_guidance_formula_and_scale_one_is_no_guidance():
+    torch.manual_seed(0)
+    w = torch.randn(4, 4)
+
+    def pair(x, t, cond_only=False):
+        y = x @ w  # the "model": cond and uncond differ by a constant
+        return y if cond_only else torch.cat([y[: len(y) // 2] - 1.0, y[len(y) // 2:]])
+
+    x = torch.randn(2, 4)
+    cond = pair(x, 0, cond_only=True)
+    torch.testing.assert_close(guided(pair, 1.0)(x, 0), cond)
+    torch.testing.assert_close(guided(pair, 3.0)(x, 0), cond + 2.0)  # uncond + 3 (cond - uncond)
+    torch.testing.assert_close(guided(pair, 3.0, split=2)(x, 0)[:, 2:], cond[:, 2:])  # variance channels unguided
+
+
+def test_text_to_image_shapes_outputs_and_determinism(pipe):
+    out = pipe("a grinning cat, 3D style", num_images_per_prompt=2, prior_steps=3, decoder_steps=3, upsampler_steps=2,
+               generator=_gen(), output_type="np")
+    assert out.images.shape == (2, 64, 64, 3) and out.image_embeds.shape == (2, 384)
+    assert 0 <= out.images.min() and out.images.max() <= 1
+    again = pipe("a grinning cat, 3D style", num_images_per_prompt=2, prior_steps=3, decoder_steps=3,
+                 upsampler_steps=2, generator=_gen(), output_type="np")
+    np.testing.assert_array_equal(out.images, again.images)
+    pil = pipe(["pizza", "rocket"], prior_steps=2, decoder_steps=2, upsample=False, generator=_gen()).images
+    assert len(pil) == 2 and pil[0].size == (16, 16)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_runs_every_stage(pipe, sampler):
+    out = pipe("red heart", prior_steps=3, decoder_steps=3, upsampler_steps=2, sampler=sampler, generator=_gen(),
+               output_type="pt")
+    assert out.images.shape == (1, 3, 64, 64) and torch.isfinite(out.images).all()
+
+
+def test_best_of_keeps_the_candidate_closest_to_the_text(pipe):
+    text, empty = pipe.encode_prompt(["rocket"])
+    z1 = pipe.sample_image_embeds(text, empty, steps=2, best_of=1, generator=_gen(5))
+    z4 = pipe.sample_image_embeds(text, empty, steps=2, best_of=4, generator=_gen(5))
+    cand = pipe.sample_image_embeds(text.repeat(4), empty, steps=2, best_of=1, generator=_gen(5))
+    assert (z4 @ text.text_embed.T).item() == pytest.approx((cand @ text.text_embed.T).max().item(), abs=1e-5)
+    assert z1.shape == z4.shape == (1, 384)
+
+
+def test_autoregressive_prior_is_selectable(pipe):
+    out = pipe("pizza", prior="ar", decoder_steps=2, upsample=False, generator=_gen(), output_type="pt")
+    assert out.images.shape == (1, 3, 16, 16)
+    torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(1))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"prompt": ""}, None), ({"prompt": []}, "non-empty list"), ({"prompt": "x", "num_images_per_prompt": 0}, "at least 1"),
+    ({"prompt": "x", "sampler": "euler"}, "unknown sampler 'euler'"), ({"prompt": "x", "output_type": "jpg"}, "output_type"),
+    ({"prompt": "x", "prior": "gan"}, "prior must be"), ({"prompt": "x", "decoder_steps": 0}, "steps must be at least"),
+])
+def test_bad_arguments_are_clear_errors(pipe, kwargs, match):
+    if match is None:  # the empty prompt is valid: it is the unconditional caption
+        pipe(**kwargs, prior_steps=2, decoder_steps=2, upsample=False)
+        return
+    with pytest.raises(ValueError, match=match):
+        pipe(**{"prior_steps": 2, "decoder_steps": 2, "upsample": False, **kwargs})

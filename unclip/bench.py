@@ -1,0 +1,102 @@
+"""`unclip bench train`: training throughput, model FLOPs per sample and MFU against this
+machine's fp32 matmul peak, measured in the same process."""
+
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10, dtype=torch.float32, device="cpu") -> float:
+    """Best-of-`repeats` throughput of an n×n matmul, GFLOP/s (the physical limit MFU is measured against)."""
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def bench_train(stage: str, preset: str, data, batch_size: int, steps: int = 5, warmup: int = 2, options=None,
+                channels_last: bool = True) -> dict:
+    """Time `steps` optimizer steps of one stage on real batches; count FLOPs of one step exactly."""
+    from unclip.stages import make_task
+    from unclip.train import TrainConfig, TaskModule, global_batch_indices, sample_generator
+
+    cfg = TrainConfig(stage=stage, preset=preset, data=data, options=options or {})
+    torch.manual_seed(0)
+    task = make_task(cfg)
+    model = TaskModule(task)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    batches = []
+    for s in range(warmup + steps):
+        idx = global_batch_indices(len(task), batch_size, s, 0)
+        batches.append(task.batch(idx, [sample_generator(0, s, i) for i in range(batch_size)], "cpu"))
+
+    def step(b):
+        loss, _ = model(b)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = model(batches[0])
+        loss.backward()
+    opt.zero_grad(set_to_none=True)
+    flops_per_sample = counter.get_total_flops() / batch_size
+    for b in batches[:warmup]:
+        step(b)
+    t = time.perf_counter()
+    for b in batches[warmup:]:
+        step(b)
+    dt = time.perf_counter() - t
+    peak = matmul_peak_gflops()
+    sps = steps * batch_size / dt
+    achieved = sps * flops_per_sample / 1e9
+    params = sum(p.numel() for p in task.model.parameters())
+    return {"stage": stage, "preset": preset, "params": params, "batch_size": batch_size, "threads": torch.get_num_threads(),
+            "samples_per_s": round(sps, 2), "model_gflop_per_sample": round(flops_per_sample / 1e9, 3),
+            "achieved_gflops": round(achieved, 1), "matmul_peak_gflops": round(peak, 1), "mfu": round(achieved / peak, 3)}
+
+
+def preset_table() -> list[dict]:
+    """Parameter count of every preset of every stage (models built on the meta device: no memory)."""
+    from unclip.presets import load_preset, presets
+
+    rows = []
+    for stage in ("clip", "prior", "ar_prior", "decoder", "upsampler"):
+        for name in presets(stage):
+            with torch.device("meta"):
+                model = _build(stage, load_preset(stage, name))
+            rows.append({"stage": stage, "preset": name, "params": sum(p.numel() for p in model.parameters())})
+    return rows
+
+
+def _build(stage: str, p: dict):
+    if "block_out_channels" in p:
+        p["block_out_channels"] = tuple(p["block_out_channels"])
+    if stage == "clip":
+        from unclip.clip import CLIPConfig, LockedTextCLIP
+
+        return LockedTextCLIP(CLIPConfig(**p))
+    if stage == "prior":
+        from unclip.prior import Prior, PriorConfig
+
+        return Prior(PriorConfig(**p))
+    if stage == "ar_prior":
+        from unclip.ar_prior import ARPrior, ARPriorConfig
+
+        return ARPrior(ARPriorConfig(**p), dims=p.get("max_dims", 64))
+    if stage == "decoder":
+        from unclip.decoder import Decoder, DecoderConfig
+
+        return Decoder(DecoderConfig(**p))
+    from unclip.upsampler import Upsampler, UpsamplerConfig
+
+    return Upsampler(UpsamplerConfig(**p))

@@ -1,0 +1,79 @@
+"""Samplers for every stage: DDPM, DDIM (with η) and DPM-Solver++ (multistep), from diffusers.
+
+A stage supplies `denoise(x, t) -> model output` in its scheduler's prediction space (x0 for the
+prior, ε for the decoder and upsamplers); `sample` runs the loop. Classifier-free guidance is a
+wrapper around `denoise` (`guided`), so every sampler gets it for free.
+"""
+
+import torch
+from tqdm.auto import tqdm
+
+SAMPLERS = ("ddpm", "ddim", "dpm++")
+
+
+def make_scheduler(sampler: str, prediction_type: str = "epsilon", clip_range: float | None = 1.0,
+                   learned_variance: bool = False):
+    """A diffusers scheduler on the cosine schedule the stages were trained with.
+
+    ddpm: `UnCLIPScheduler` (Karlo's; learned-range variance for the decoder, fixed-small otherwise).
+    ddim: `DDIMScheduler`, trailing timesteps ending at ᾱ = 1.
+    dpm++: `DPMSolverMultistepScheduler`, second order, trailing timesteps.
+    """
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UnCLIPScheduler
+
+    clip = clip_range is not None
+    if sampler == "ddpm":
+        return UnCLIPScheduler(variance_type="learned_range" if learned_variance else "fixed_small_log",
+                               prediction_type=prediction_type, clip_sample=clip, clip_sample_range=clip_range or 1.0)
+    if sampler == "ddim":
+        return DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type, clip_sample=clip,
+                             clip_sample_range=clip_range or 1.0, set_alpha_to_one=True, timestep_spacing="trailing")
+    if sampler == "dpm++":
+        return DPMSolverMultistepScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
+                                           algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
+                                           lower_order_final=True)
+    raise ValueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
+
+
+def guided(denoise_pair, guidance_scale: float, split: int | None = None):
+    """CFG: `denoise_pair(x2, t)` returns outputs for [uncond; cond] of a doubled batch.
+
+    out = uncond + s (cond - uncond) on the first `split` channels (ε; the rest, a learned
+    variance, is taken from the conditional half, as Karlo does). Scale 1 skips the uncond pass.
+    """
+
+    def denoise(x, t):
+        if guidance_scale == 1.0:
+            return denoise_pair(x, t, cond_only=True)
+        out = denoise_pair(torch.cat([x, x]), t)
+        uncond, cond = out.chunk(2)
+        k = split or out.shape[1]
+        mixed = uncond[:, :k] + guidance_scale * (cond[:, :k] - uncond[:, :k])
+        return torch.cat([mixed, cond[:, k:]], 1)
+
+    return denoise
+
+
+def sample(denoise, x: torch.Tensor, scheduler, steps: int, generator: torch.Generator | None = None,
+           eta: float = 0.0, desc: str | None = None, keep_channels: int | None = None) -> torch.Tensor:
+    """Run `steps` steps from x_T. keep_channels: drop extra output channels (a learned variance)
+    for schedulers that cannot use them."""
+    from diffusers import DDIMScheduler, UnCLIPScheduler
+
+    if steps < 1 or (isinstance(scheduler, UnCLIPScheduler) and steps < 2):
+        raise ValueError(f"steps must be at least {2 if isinstance(scheduler, UnCLIPScheduler) else 1}, got {steps}")
+    scheduler.set_timesteps(steps)
+    timesteps = scheduler.timesteps
+    learned = isinstance(scheduler, UnCLIPScheduler) and scheduler.config.variance_type == "learned_range"
+    for i, t in enumerate(tqdm(timesteps, desc=desc, disable=desc is None, leave=False)):
+        out = denoise(x, t.to(x.device))
+        if keep_channels and not learned:
+            out = out[:, :keep_channels]
+        if isinstance(scheduler, DDIMScheduler):
+            x = scheduler.step(out, t, x, eta=eta, generator=generator).prev_sample
+        elif isinstance(scheduler, UnCLIPScheduler):
+            prev = timesteps[i + 1] if i + 1 < len(timesteps) else None
+            x = scheduler.step(out, t, x, prev_timestep=prev, generator=generator).prev_sample
+        else:
+            x = scheduler.step(out, t, x, generator=generator).prev_sample
+    return x
