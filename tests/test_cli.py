@@ -57,3 +57,27 @@ def test_presets_print_paper_sizes(capsys):
     assert abs(rows[("decoder", "karlo")] / 0.9e9 - 1) < 0.05
     assert abs(2 * rows[("upsampler", "karlo")] / 1.4e9 - 1) < 0.05
     assert abs(rows[("clip", "paper")] / 632e6 - 1) < 0.05
+
+
+def test_generate_writes_a_grid_with_its_parameters(tiny_model_dir, tmp_path):
+    out = tmp_path / "g.png"
+    assert main(["generate", "a grinning cat, 3D style", "--model", str(tiny_model_dir), "--num-images", "2",
+                 "--prior-steps", "2", "--decoder-steps", "2", "--upsampler-steps", "2", "--out", str(out)]) == 0
+    im = Image.open(out)
+    assert im.size == (128, 64)
+    params = json.loads(im.text["parameters"])
+    assert params["prompt"] == "a grinning cat, 3D style" and params["seed"] == 0 and len(params["model_hash"]) == 12
+    assert "trainedAlgorithmicMedia" in im.text["DigitalSourceType"]
+
+
+def test_assemble_copies_stage_exports_and_names_what_is_missing(tiny_model_dir, tmp_path):
+    from unclip.models import assemble
+    from unclip.pipeline import UnCLIPPipeline
+
+    out = assemble(tmp_path / "m", clip=tiny_model_dir, prior=tiny_model_dir, decoder=tiny_model_dir)
+    pipe = UnCLIPPipeline.from_pretrained(out)
+    assert pipe.prior is not None and pipe.decoder is not None and pipe.upsampler is None
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="is not a upsampler export: missing super_res_first"):
+        assemble(tmp_path / "m2", upsampler=tmp_path / "m")

@@ -96,6 +96,32 @@ def _presets(a) -> int:
     return 0
 
 
+def _generate(a) -> int:
+    import torch
+
+    from unclip.images import grid, save_png
+    from unclip.models import default_model_dir, model_hash
+    from unclip.pipeline import UnCLIPPipeline
+
+    model = a.model or default_model_dir()
+    if model is None:
+        raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    pipe = UnCLIPPipeline.from_pretrained(model)
+    params = {"prompt": a.prompt, "seed": a.seed, "num_images": a.num_images, "prior": a.prior,
+              "prior_steps": a.prior_steps, "decoder_steps": a.decoder_steps, "upsampler_steps": a.upsampler_steps,
+              "prior_guidance_scale": a.prior_guidance, "decoder_guidance_scale": a.decoder_guidance,
+              "sampler": a.sampler, "eta": a.eta, "best_of": a.best_of, "model": str(model), "model_hash": model_hash(model)}
+    out = pipe(a.prompt, a.num_images, prior_steps=a.prior_steps, decoder_steps=a.decoder_steps,
+               upsampler_steps=a.upsampler_steps, prior_guidance_scale=a.prior_guidance,
+               decoder_guidance_scale=a.decoder_guidance, sampler=a.sampler, eta=a.eta, best_of=a.best_of,
+               prior=a.prior, upsample=not a.no_upsample, generator=torch.Generator().manual_seed(a.seed), progress=True)
+    save_png(grid(out.images), a.out, params)
+    print(f"wrote {a.out} ({a.num_images} images of {out.images[0].size[0]} px)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unclip", description="unCLIP: text-to-image with CLIP latents")
     sub = p.add_subparsers(dest="command", required=True)
@@ -152,6 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-from", type=Path, help="start from these weights when there is no checkpoint")
     t.add_argument("--option", action="append", metavar="KEY=VALUE", help="stage-specific setting (repeatable)")
     t.set_defaults(fn=_train)
+
+    g = sub.add_parser("generate", help="text -> image grid (PNG with its parameters)")
+    g.add_argument("prompt")
+    g.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    g.add_argument("--num-images", type=int, default=4)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--sampler", default="ddim", help="ddpm | ddim | dpm++ (default: ddim)")
+    g.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
+    g.add_argument("--prior", choices=("diffusion", "ar"), default="diffusion")
+    g.add_argument("--best-of", type=int, default=2, help="prior samples per image; keeps the closest to the text")
+    g.add_argument("--prior-steps", type=int, default=25)
+    g.add_argument("--decoder-steps", type=int, default=25)
+    g.add_argument("--upsampler-steps", type=int, default=7)
+    g.add_argument("--prior-guidance", type=float, default=4.0)
+    g.add_argument("--decoder-guidance", type=float, default=8.0)
+    g.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
+    g.add_argument("--threads", type=int, default=0)
+    g.add_argument("--out", type=Path, default=Path("unclip.png"))
+    g.set_defaults(fn=_generate)
 
     pr = sub.add_parser("presets", help="list every model size preset with its parameter count")
     pr.add_argument("--json", action="store_true")
