@@ -145,3 +145,15 @@ def test_ar_prior_quantizer_roundtrip_and_overfit(built_dataset, tiny_clip_dir):
     out = task.model.generate(b["text_hidden"], b["text_mask"], b["text_embed"], torch.Generator().manual_seed(0))
     assert out.shape == (2, 384)
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(2))
+
+
+def test_decoder_training_writes_previews_at_checkpoints(built_dataset, tiny_clip_dir, tmp_path):
+    from PIL import Image
+
+    from unclip.train import train
+
+    cfg = TrainConfig(stage="decoder", preset="tiny", data=built_dataset, out=tmp_path / "run", max_steps=2,
+                      batch_size=2, options={"clip": str(tiny_clip_dir)})
+    train(cfg, log=lambda m: None)
+    im = Image.open(tmp_path / "run" / "previews" / "step0000002.png")
+    assert im.size[1] == 2 * 16 and im.size[0] % 16 == 0  # held-out images over their reconstructions

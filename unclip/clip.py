@@ -32,6 +32,32 @@ class TextEncoding:
     hidden_states: torch.Tensor  # (B, T, W) caption token states
     mask: torch.Tensor  # (B, T) bool, True for real tokens
 
+    def __len__(self) -> int:
+        return len(self.text_embed)
+
+    def __getitem__(self, rows) -> "TextEncoding":
+        return TextEncoding(self.text_embed[rows], self.hidden_states[rows], self.mask[rows])
+
+    def repeat(self, n: int) -> "TextEncoding":
+        """Each row n times in a row (num_images_per_prompt)."""
+        return TextEncoding(*(v.repeat_interleave(n, 0) for v in (self.text_embed, self.hidden_states, self.mask)))
+
+    def pad_to(self, length: int) -> "TextEncoding":
+        """Zero-pad (or truncate) the token axis to `length`."""
+        h = self.hidden_states.new_zeros(len(self), length, self.hidden_states.shape[-1])
+        m = torch.zeros(len(self), length, dtype=torch.bool, device=self.mask.device)
+        n = min(length, self.hidden_states.shape[1])
+        h[:, :n], m[:, :n] = self.hidden_states[:, :n], self.mask[:, :n]
+        return TextEncoding(self.text_embed, h, m)
+
+    @staticmethod
+    def cat(a: "TextEncoding", b: "TextEncoding") -> "TextEncoding":
+        """Rows of a then rows of b, token axes padded to the longer."""
+        n = max(a.hidden_states.shape[1], b.hidden_states.shape[1])
+        a, b = a.pad_to(n), b.pad_to(n)
+        return TextEncoding(torch.cat([a.text_embed, b.text_embed]), torch.cat([a.hidden_states, b.hidden_states]),
+                            torch.cat([a.mask, b.mask]))
+
 
 def minilm_path() -> Path:
     try:

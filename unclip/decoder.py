@@ -81,6 +81,32 @@ class Decoder(nn.Module):
         mask = F.pad(text_mask, (self.config.clip_extra_context_tokens, 0), value=True)  # (B, 4 + T)
         return self.unet(x_t, t, encoder_hidden_states=context, class_labels=time_add, attention_mask=mask).sample
 
+    @torch.no_grad()
+    def sample(self, image_embeds: torch.Tensor, text, empty, *, steps: int = 25, guidance_scale: float = 8.0,
+               sampler: str = "ddpm", eta: float = 0.0, generator: torch.Generator | None = None,
+               latents: torch.Tensor | None = None, progress: str | None = None) -> torch.Tensor:
+        """z_i (B, D) + caption (TextEncoding; `empty` encodes "") -> images (B, 3, S, S) in [-1, 1].
+
+        The unconditional half uses the learned null z_i and the "" caption.
+        """
+        from unclip.clip import TextEncoding
+        from unclip.sampling import guided, make_scheduler, sample
+
+        b, s = len(image_embeds), self.config.sample_size
+        pair = TextEncoding.cat(empty.repeat(b), text)
+        z_pair = torch.cat([self.null_image_embed[None].expand(b, -1).to(image_embeds.dtype), image_embeds])
+
+        def denoise_pair(x, t, cond_only=False):
+            if cond_only:
+                return self(x, t.expand(len(x)), image_embeds, text.text_embed, text.hidden_states, text.mask)
+            return self(x, t.expand(len(x)), z_pair, pair.text_embed, pair.hidden_states, pair.mask)
+
+        sched = make_scheduler(sampler, "epsilon", 1.0, learned_variance=self.config.learned_variance)
+        x = latents if latents is not None else torch.randn(b, 3, s, s, generator=generator)
+        x = sample(guided(denoise_pair, guidance_scale, split=3), x, sched, steps, generator, eta=eta, desc=progress,
+                   keep_channels=3)
+        return x.clamp(-1, 1)
+
     def save(self, directory: Path, dtype: torch.dtype = torch.float16) -> None:
         """Diffusers layout: DIR/decoder (UNet2DConditionModel), DIR/text_proj, DIR/decoder_config.json."""
         directory = Path(directory)
@@ -185,6 +211,22 @@ class DecoderTask:
         eps = model(x_t, b["t"], b["image_embed"], b["text_embed"], b["text_hidden"], b["text_mask"])[:, :3]
         model.train()
         return float((eps - b["noise"]).pow(2).mean())
+
+    @torch.no_grad()
+    def preview(self, model: "Decoder", path: Path, n: int = 8) -> None:
+        """Held-out images (top row) and their reconstructions from z_i + caption (bottom row)."""
+        from unclip.clip import TextEncoding
+        from unclip.images import grid, to_output
+
+        self.heldout_loss(model)  # builds the fixed held-out batch
+        b = {k: v[:n] for k, v in self._heldout.items()}
+        empty = TextEncoding(self.cond.empty_text_embed[None], self.cond.empty_tokens[None], torch.ones(1, len(self.cond.empty_tokens), dtype=torch.bool))
+        text = TextEncoding(b["text_embed"], b["text_hidden"], b["text_mask"])
+        model.eval()
+        out = model.sample(b["image_embed"], text, empty, steps=25, guidance_scale=3.0, sampler="ddim",
+                           generator=torch.Generator().manual_seed(0))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid(to_output(torch.cat([b["x0"], out]), "pil"), cols=len(out)).save(path)
 
     def export(self, model: "Decoder", directory: Path) -> None:
         model.save(directory)

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image, PngImagePlugin
 
 
@@ -26,3 +28,14 @@ def save_png(image: Image.Image, path: Path, parameters: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, pnginfo=info)
+
+
+def to_output(images: torch.Tensor, output_type: str):
+    """(B, 3, H, W) in [-1, 1] -> PIL list | (B, H, W, 3) float numpy in [0, 1] | the tensor in [0, 1]."""
+    x = (images.float() * 0.5 + 0.5).clamp(0, 1)
+    if output_type == "pt":
+        return x
+    arr = x.permute(0, 2, 3, 1).cpu().numpy()
+    if output_type == "np":
+        return arr
+    return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]

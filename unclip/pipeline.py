@@ -8,40 +8,17 @@ per call (with the unconditional "" alongside) and reused by every step of every
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from unclip.sampling import SAMPLERS, guided, make_scheduler, sample
+from unclip.clip import TextEncoding
+from unclip.images import to_output
+from unclip.sampling import SAMPLERS
 
 
 @dataclass
 class UnCLIPOutput:
     images: list  # PIL images, or an array / tensor per output_type
     image_embeds: torch.Tensor  # (N, D) the z_i each image was decoded from
-
-
-@dataclass
-class PromptEncoding:
-    text_embed: torch.Tensor  # (B, D)
-    hidden: torch.Tensor  # (B, T, W)
-    mask: torch.Tensor  # (B, T)
-
-    def repeat(self, n: int) -> "PromptEncoding":
-        return PromptEncoding(*(v.repeat_interleave(n, 0) for v in (self.text_embed, self.hidden, self.mask)))
-
-    def pad_to(self, length: int) -> "PromptEncoding":
-        h = torch.zeros(len(self.hidden), length, self.hidden.shape[-1], dtype=self.hidden.dtype)
-        m = torch.zeros(len(self.mask), length, dtype=torch.bool)
-        n = min(length, self.hidden.shape[1])
-        h[:, :n], m[:, :n] = self.hidden[:, :n], self.mask[:, :n]
-        return PromptEncoding(self.text_embed, h, m)
-
-
-def _cat(a: PromptEncoding, b: PromptEncoding) -> PromptEncoding:
-    length = max(a.hidden.shape[1], b.hidden.shape[1])
-    a, b = a.pad_to(length), b.pad_to(length)
-    return PromptEncoding(*(torch.cat([x, y]) for x, y in ((a.text_embed, b.text_embed), (a.hidden, b.hidden), (a.mask, b.mask))))
 
 
 class UnCLIPPipeline:
@@ -78,91 +55,37 @@ class UnCLIPPipeline:
 
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_prompt(self, prompts: list[str]) -> tuple[PromptEncoding, PromptEncoding]:
+    def encode_prompt(self, prompts: list[str]) -> tuple[TextEncoding, TextEncoding]:
         """Encodings of the prompts and of "" (the unconditional caption), computed once per call."""
         enc = self.clip.encode_text(list(prompts) + [""])
-        cond = PromptEncoding(enc.text_embed[:-1], enc.hidden_states[:-1].float(), enc.mask[:-1])
-        empty = PromptEncoding(enc.text_embed[-1:], enc.hidden_states[-1:].float(), enc.mask[-1:])
-        return cond, empty
+        enc = TextEncoding(enc.text_embed.float(), enc.hidden_states.float(), enc.mask)
+        return enc[:-1], enc[-1:]
 
     # -- prior --------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample_image_embeds(self, text: PromptEncoding, empty: PromptEncoding, *, steps: int = 25,
+    def sample_image_embeds(self, text: TextEncoding, empty: TextEncoding, *, steps: int = 25,
                             guidance_scale: float = 4.0, sampler: str = "ddpm", best_of: int = 2,
                             prior: str = "diffusion", generator: torch.Generator | None = None) -> torch.Tensor:
         """One z_i per row of `text` (B, D); best-of-N keeps the sample most similar to z_t."""
         if best_of < 1:
             raise ValueError(f"best_of must be at least 1, got {best_of}")
-        b = len(text.text_embed)
+        b = len(text)
         cand = text.repeat(best_of)
         if prior == "ar":
             if self.ar_prior is None:
                 raise ValueError("this model has no autoregressive prior (ar_prior_config.json)")
-            n = self.ar_prior.config.num_embeddings
-            cand = cand.pad_to(n)
-            z = self.ar_prior.generate(cand.hidden, cand.mask, cand.text_embed, generator=generator)
+            cand = cand.pad_to(self.ar_prior.config.num_embeddings)
+            z = self.ar_prior.generate(cand.hidden_states, cand.mask, cand.text_embed, generator=generator)
         elif prior == "diffusion":
             if self.prior is None:
                 raise ValueError("this model has no diffusion prior (prior_config.json)")
-            z = self._diffusion_prior(cand, empty, steps, guidance_scale, sampler, generator)
+            z = self.prior.sample(cand, empty, steps=steps, guidance_scale=guidance_scale, sampler=sampler,
+                                  generator=generator)
         else:
             raise ValueError(f"prior must be 'diffusion' or 'ar', not {prior!r}")
         z = z.view(b, best_of, -1)  # (B, N, D)
         score = (z * text.text_embed[:, None]).sum(-1)  # (B, N) dot products with z_t
         return z[torch.arange(b), score.argmax(1)]
-
-    def _diffusion_prior(self, text, empty, steps, guidance_scale, sampler, generator):
-        n = self.prior.config.num_embeddings
-        cond, unc = text.pad_to(n), empty.pad_to(n).repeat(len(text.text_embed))
-        pair = _cat(unc, cond)
-
-        def denoise_pair(x, t, cond_only=False):
-            e = cond if cond_only else pair
-            return self.prior(x, t.expand(len(x)), e.text_embed, e.hidden, e.mask)
-
-        sched = make_scheduler(sampler, prediction_type="sample", clip_range=5.0)
-        x = torch.randn(len(text.text_embed), self.prior.config.embedding_dim, generator=generator)
-        x = sample(guided(denoise_pair, guidance_scale), x, sched, steps, generator)
-        return self.prior.unstandardize(x)
-
-    # -- decoder ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def decode(self, image_embeds: torch.Tensor, text: PromptEncoding, empty: PromptEncoding, *, steps: int = 25,
-               guidance_scale: float = 8.0, sampler: str = "ddpm", eta: float = 0.0,
-               generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
-               progress: str | None = None) -> torch.Tensor:
-        """z_i (B, D) + caption -> images (B, 3, S, S) in [-1, 1]."""
-        dec = self.decoder
-        b, s = len(image_embeds), dec.config.sample_size
-        unc = empty.repeat(b)
-        pair = _cat(unc, text)
-        null = dec.null_image_embed[None].expand(b, -1).to(image_embeds.dtype)
-        z_pair = torch.cat([null, image_embeds])
-
-        def denoise_pair(x, t, cond_only=False):
-            if cond_only:
-                return dec(x, t.expand(len(x)), image_embeds, text.text_embed, text.hidden, text.mask)
-            return dec(x, t.expand(len(x)), z_pair, pair.text_embed, pair.hidden, pair.mask)
-
-        sched = make_scheduler(sampler, "epsilon", 1.0, learned_variance=dec.config.learned_variance)
-        x = latents if latents is not None else torch.randn(b, 3, s, s, generator=generator)
-        x = sample(guided(denoise_pair, guidance_scale, split=3), x, sched, steps, generator, eta=eta, desc=progress,
-                   keep_channels=3)
-        return x.clamp(-1, 1)
-
-    # -- upsampler ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def upsample(self, images: torch.Tensor, *, steps: int = 7, sampler: str = "ddim",
-                 generator: torch.Generator | None = None, progress: str | None = None) -> torch.Tensor:
-        from unclip.degrade import upsample
-
-        up = self.upsampler
-        size = images.shape[-1] * up.config.factor
-        cond = upsample(images, size)
-        sched = make_scheduler(sampler, "epsilon", 1.0)
-        x = torch.randn(len(images), 3, size, size, generator=generator)
-        x = sample(lambda x, t: up(x, t.expand(len(x)), cond), x, sched, steps, generator, desc=progress)
-        return x.clamp(-1, 1)
 
     # -- text to image ------------------------------------------------------------------------
     @torch.no_grad()
@@ -177,11 +100,14 @@ class UnCLIPPipeline:
         text = text.repeat(num_images_per_prompt)
         z_i = self.sample_image_embeds(text, empty, steps=prior_steps, guidance_scale=prior_guidance_scale,
                                        sampler=sampler, best_of=best_of, prior=prior, generator=generator)
-        images = self.decode(z_i, text, empty, steps=decoder_steps, guidance_scale=decoder_guidance_scale,
-                             sampler=sampler, eta=eta, generator=generator, progress="decoder" if progress else None)
+        if self.decoder is None:
+            raise ValueError("this model has no decoder (decoder_config.json)")
+        images = self.decoder.sample(z_i, text, empty, steps=decoder_steps, guidance_scale=decoder_guidance_scale,
+                                     sampler=sampler, eta=eta, generator=generator,
+                                     progress="decoder" if progress else None)
         if upsample and self.upsampler is not None:
-            images = self.upsample(images, steps=upsampler_steps, generator=generator,
-                                   progress="upsampler" if progress else None)
+            images = self.upsampler.sample(images, steps=upsampler_steps, generator=generator,
+                                           progress="upsampler" if progress else None)
         return UnCLIPOutput(to_output(images, output_type), z_i)
 
 
@@ -194,17 +120,6 @@ def _check(prompts, n, sampler, output_type):
         raise ValueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(f"output_type must be 'pil', 'np' or 'pt', not {output_type!r}")
-
-
-def to_output(images: torch.Tensor, output_type: str):
-    """(B, 3, H, W) in [-1, 1] -> PIL list | (B, H, W, 3) float numpy in [0, 1] | the tensor in [0, 1]."""
-    x = (images.float() * 0.5 + 0.5).clamp(0, 1)
-    if output_type == "pt":
-        return x
-    arr = x.permute(0, 2, 3, 1).cpu().numpy()
-    if output_type == "np":
-        return arr
-    return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
 
 
 def load(path: Path | None = None) -> UnCLIPPipeline:

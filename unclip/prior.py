@@ -63,6 +63,25 @@ class Prior(nn.Module):
         return self.transformer(x_t, t, proj_embedding=text_embed, encoder_hidden_states=text_hidden,
                                 attention_mask=text_mask).predicted_image_embedding
 
+    @torch.no_grad()
+    def sample(self, text, empty, *, steps: int = 25, guidance_scale: float = 4.0, sampler: str = "ddpm",
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """One z_i per row of `text` (a TextEncoding; `empty` encodes ""), x0-prediction clipped to ±5σ."""
+        from unclip.clip import TextEncoding
+        from unclip.sampling import guided, make_scheduler, sample
+
+        n = self.config.num_embeddings
+        cond = text.pad_to(n)
+        pair = TextEncoding.cat(empty.pad_to(n).repeat(len(text)), cond)
+
+        def denoise_pair(x, t, cond_only=False):
+            e = cond if cond_only else pair
+            return self(x, t.expand(len(x)), e.text_embed, e.hidden_states, e.mask)
+
+        sched = make_scheduler(sampler, prediction_type="sample", clip_range=5.0)
+        x = torch.randn(len(text), self.config.embedding_dim, generator=generator)
+        return self.unstandardize(sample(guided(denoise_pair, guidance_scale), x, sched, steps, generator))
+
     def save(self, directory: Path, dtype: torch.dtype = torch.float16) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -243,6 +243,8 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
             save_checkpoint(run, acc.unwrap_model(wrapped).model, ema, opt, step, cfg, {"best_heldout": best, "heldout": h})
             if improved:
                 task.export(ema.copy_to(task.eval_model()), run / "model")
+            if hasattr(task, "preview"):  # a picture of where training stands, at every checkpoint
+                task.preview(ema.copy_to(task.eval_model()), run / "previews" / f"step{step:07d}.png")
             _append(metrics_path, {"step": step, "heldout_loss": h, "best_heldout": best, "exported": improved})
         acc.wait_for_everyone()
 

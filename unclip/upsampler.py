@@ -46,6 +46,20 @@ class Upsampler(nn.Module):
         """x_t (B,3,H,W), t (B,), upsampled condition (B,3,H,W) -> predicted ε (B,3,H,W)."""
         return self.unet(torch.cat([x_t, low_res_upsampled], dim=1), t).sample
 
+    @torch.no_grad()
+    def sample(self, images: torch.Tensor, *, steps: int = 7, sampler: str = "ddim",
+               generator: torch.Generator | None = None, progress: str | None = None) -> torch.Tensor:
+        """Low-resolution images (B, 3, s, s) in [-1, 1] -> (B, 3, f·s, f·s)."""
+        from unclip.degrade import upsample
+        from unclip.sampling import make_scheduler, sample
+
+        size = images.shape[-1] * self.config.factor
+        cond = upsample(images, size)
+        x = torch.randn(len(images), 3, size, size, generator=generator)
+        x = sample(lambda x, t: self(x, t.expand(len(x)), cond), x, make_scheduler(sampler, "epsilon", 1.0), steps,
+                   generator, desc=progress)
+        return x.clamp(-1, 1)
+
     def save(self, directory: Path, name: str = "super_res_first", dtype: torch.dtype = torch.float16) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
