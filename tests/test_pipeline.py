@@ -75,3 +75,59 @@ def test_bad_arguments_are_clear_errors(pipe, kwargs, match):
         return
     with pytest.raises(ValueError, match=match):
         pipe(**{"prior_steps": 2, "decoder_steps": 2, "upsample": False, **kwargs})
+
+
+def _emoji(name="twemoji-svg/package/1f680.svg"):
+    from conftest import NPM
+    from PIL import Image
+
+    from unclip.data.render import render
+
+    import io
+    return Image.open(io.BytesIO(render((NPM / name).read_bytes(), "svg", 64).png))
+
+
+def test_slerp_endpoints_and_norm():
+    from unclip.pipeline import slerp
+
+    a, b = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    torch.testing.assert_close(slerp(a[None], b[None], 0.0), a[None])
+    torch.testing.assert_close(slerp(a[None], b[None], 1.0), b[None])
+    torch.testing.assert_close(slerp(a[None], b[None], 0.3).norm(), torch.tensor(1.0))
+
+
+def test_ddim_inversion_reconstructs_and_fixed_point_iterations_tighten_it(pipe):
+    import copy
+
+    # A random UNet's ε swings wildly with x, so no fixed point exists to find; damp its output so
+    # ε varies smoothly, as a trained decoder's does. ᾱ_T ≈ 2e-9 then still amplifies any ε
+    # mismatch 20000-fold, which is what separates plain from fixed-point inversion.
+    pipe = copy.deepcopy(pipe)
+    with torch.no_grad():
+        pipe.decoder.unet.conv_out.weight.mul_(0.005)
+    image = _emoji()
+    x = __import__("unclip.pipeline", fromlist=["pil_to_tensor"]).pil_to_tensor(image, 16)
+    errors = {}
+    for iters in (0, 8):
+        z_i, x_T = pipe.invert(image, steps=5, fixed_point_iters=iters)
+        back = pipe.from_embeds(z_i, latents=x_T, decoder_steps=5, decoder_guidance_scale=1.0, clip_denoised=False,
+                                upsample=False, output_type="pt").images * 2 - 1
+        errors[iters] = float((back - x).abs().max())
+    assert errors[8] < 1e-3 < errors[0], errors  # plain inversion is approximate; fixed-point makes it exact
+
+
+def test_variations_interpolation_and_text_diff_shapes(pipe):
+    image = _emoji()
+    v = pipe.variations(image, 3, decoder_steps=3, upsample=False, generator=_gen(), output_type="pt")
+    assert v.images.shape == (3, 3, 16, 16)
+    torch.testing.assert_close(v.image_embeds[0], v.image_embeds[2])
+    i = pipe.interpolate(image, _emoji("twemoji-svg/package/1f355.svg"), frames=4, decoder_steps=3, upsample=False,
+                         output_type="pt")
+    assert i.images.shape == (4, 3, 16, 16)
+    torch.testing.assert_close(i.image_embeds[0:1], pipe.encode_image(image))
+    p = pipe.interpolate("rocket", "pizza", frames=3, decoder_steps=3, upsample=False, output_type="pt", generator=_gen())
+    assert p.images.shape == (3, 3, 16, 16)
+    e = pipe.text_diff(image, "rocket", "red rocket", thetas=(0.0, 0.5), decoder_steps=3, upsample=False, output_type="pt")
+    assert e.images.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(e.image_embeds[0:1], pipe.encode_image(image))
+    assert not torch.allclose(e.image_embeds[1], e.image_embeds[0])

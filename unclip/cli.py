@@ -122,6 +122,21 @@ def _generate(a) -> int:
     return 0
 
 
+def _retrieval(a) -> int:
+    from unclip.clip_task import concept_retrieval
+    from unclip.conditioning import default_clip_dir, load_clip_dir
+
+    clip = load_clip_dir(a.clip or default_clip_dir())
+    rows = [concept_retrieval(clip, a.data, split) for split in ("heldout_images", "heldout_concepts")]
+    if a.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['split']:<18} {r['images']:>6} images  top-1 {r['top1']:.3f}  top-5 {r['top5']:.3f}  "
+                  f"(among {r['candidates']} concepts)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unclip", description="unCLIP: text-to-image with CLIP latents")
     sub = p.add_subparsers(dest="command", required=True)
@@ -178,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-from", type=Path, help="start from these weights when there is no checkpoint")
     t.add_argument("--option", action="append", metavar="KEY=VALUE", help="stage-specific setting (repeatable)")
     t.set_defaults(fn=_train)
+
+    r = sub.add_parser("retrieval", help="zero-shot concept retrieval of the CLIP stage on held-out images and concepts")
+    r.add_argument("--data", type=Path, default=default_data_dir())
+    r.add_argument("--clip", type=Path, help="CLIP stage directory (default: the shipped model, else the CLIP run)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(fn=_retrieval)
 
     g = sub.add_parser("generate", help="text -> image grid (PNG with its parameters)")
     g.add_argument("prompt")

@@ -145,6 +145,10 @@ class LockedTextCLIP(nn.Module):
     def embed_dim(self) -> int:
         return self.config.embed_dim
 
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
     def project_text(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled text-tower features (B, 384) -> z_t (B, D), unit norm."""
         return F.normalize(self.text_proj(pooled.to(self.text_proj.weight.dtype)), dim=-1)

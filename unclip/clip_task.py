@@ -14,7 +14,7 @@ from unclip.presets import load_preset
 
 def uint8_to_tensor(images: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def random_crop_resize(x: torch.Tensor, gens: list[torch.Generator], min_scale: float = 0.8) -> torch.Tensor:

@@ -84,10 +84,12 @@ class Decoder(nn.Module):
     @torch.no_grad()
     def sample(self, image_embeds: torch.Tensor, text, empty, *, steps: int = 25, guidance_scale: float = 8.0,
                sampler: str = "ddpm", eta: float = 0.0, generator: torch.Generator | None = None,
-               latents: torch.Tensor | None = None, progress: str | None = None) -> torch.Tensor:
+               latents: torch.Tensor | None = None, clip_denoised: bool = True,
+               progress: str | None = None) -> torch.Tensor:
         """z_i (B, D) + caption (TextEncoding; `empty` encodes "") -> images (B, 3, S, S) in [-1, 1].
 
-        The unconditional half uses the learned null z_i and the "" caption.
+        The unconditional half uses the learned null z_i and the "" caption. `latents`: a given x_T
+        (e.g. from `invert`); clip_denoised=False turns off x0 clipping (exact inversion round trips).
         """
         from unclip.clip import TextEncoding
         from unclip.sampling import guided, make_scheduler, sample
@@ -101,11 +103,58 @@ class Decoder(nn.Module):
                 return self(x, t.expand(len(x)), image_embeds, text.text_embed, text.hidden_states, text.mask)
             return self(x, t.expand(len(x)), z_pair, pair.text_embed, pair.hidden_states, pair.mask)
 
-        sched = make_scheduler(sampler, "epsilon", 1.0, learned_variance=self.config.learned_variance)
-        x = latents if latents is not None else torch.randn(b, 3, s, s, generator=generator)
+        sched = make_scheduler(sampler, "epsilon", 1.0 if clip_denoised else None,
+                               learned_variance=self.config.learned_variance)
+        x = latents.clone() if latents is not None else torch.randn(b, 3, s, s, generator=generator)
         x = sample(guided(denoise_pair, guidance_scale, split=3), x, sched, steps, generator, eta=eta, desc=progress,
                    keep_channels=3)
         return x.clamp(-1, 1)
+
+    @torch.no_grad()
+    def invert(self, images: torch.Tensor, image_embeds: torch.Tensor, text, empty, *, steps: int = 25,
+               guidance_scale: float = 1.0, fixed_point_iters: int = 0, progress: str | None = None) -> torch.Tensor:
+        """DDIM inversion: images (B,3,S,S) in [-1,1] -> x_T such that DDIM (η = 0, same steps,
+        same guidance) from (z_i, x_T) returns the images.
+
+        Plain inversion is first order: it takes ε(x_t, t) for ε(x_{t+1}, t+1), which is only
+        approximate (worse with guidance > 1). `fixed_point_iters` > 0 re-evaluates ε at the current
+        estimate of x_{t+1} that many times per step, which converges towards exact inversion.
+        """
+        from tqdm.auto import tqdm
+
+        from unclip.clip import TextEncoding
+        from unclip.sampling import guided, make_scheduler
+
+        b = len(images)
+        pair = TextEncoding.cat(empty.repeat(b), text)
+        z_pair = torch.cat([self.null_image_embed[None].expand(b, -1).to(image_embeds.dtype), image_embeds])
+
+        def denoise_pair(x, t, cond_only=False):
+            if cond_only:
+                return self(x, t.expand(len(x)), image_embeds, text.text_embed, text.hidden_states, text.mask)
+            return self(x, t.expand(len(x)), z_pair, pair.text_embed, pair.hidden_states, pair.mask)
+
+        eps_fn = guided(denoise_pair, guidance_scale, split=3)
+        sched = make_scheduler("ddim")
+        sched.set_timesteps(steps)
+        ac = sched.alphas_cumprod
+        ts = sched.timesteps.flip(0)  # ascending
+        x, a_prev, t_prev = images.float(), torch.tensor(1.0), torch.tensor(0)
+        for t in tqdm(ts, desc=progress, disable=progress is None, leave=False):
+            a_t = ac[t]
+            eps = eps_fn(x, t_prev)[:, :3]
+            x_next = self._ddim_move(x, eps, a_prev, a_t)
+            for _ in range(fixed_point_iters):
+                eps = eps_fn(x_next, t)[:, :3]
+                x_next = self._ddim_move(x, eps, a_prev, a_t)
+            x, a_prev, t_prev = x_next, a_t, t
+        return x
+
+    @staticmethod
+    def _ddim_move(x, eps, a_from, a_to):
+        """Deterministic DDIM update between two noise levels given ε: via the implied x0."""
+        x0 = (x - (1 - a_from).sqrt() * eps) / a_from.sqrt()
+        return a_to.sqrt() * x0 + (1 - a_to).sqrt() * eps
 
     def save(self, directory: Path, dtype: torch.dtype = torch.float16) -> None:
         """Diffusers layout: DIR/decoder (UNet2DConditionModel), DIR/text_proj, DIR/decoder_config.json."""

@@ -8,6 +8,7 @@ per call (with the unconditional "" alongside) and reused by every step of every
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from unclip.clip import TextEncoding
@@ -87,6 +88,80 @@ class UnCLIPPipeline:
         score = (z * text.text_embed[:, None]).sum(-1)  # (B, N) dot products with z_t
         return z[torch.arange(b), score.argmax(1)]
 
+    # -- images -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_image(self, images) -> torch.Tensor:
+        """PIL image(s) or (B,3,H,W) tensors in [-1, 1] -> z_i (B, D) by the CLIP image tower."""
+        return self.clip.encode_image(pil_to_tensor(images, self.clip.image_size))
+
+    @torch.no_grad()
+    def invert(self, image, caption: str = "", *, steps: int = 25, guidance_scale: float = 1.0,
+               fixed_point_iters: int = 0, image_embeds: torch.Tensor | None = None):
+        """An image -> (z_i, x_T): DDIM (η = 0) from that pair redraws the image (see Decoder.invert)."""
+        x = pil_to_tensor(image, self.decoder.config.sample_size)
+        z_i = image_embeds if image_embeds is not None else self.encode_image(image)
+        text, empty = self.encode_prompt([caption] * len(x))
+        x_T = self.decoder.invert(x, z_i, text, empty, steps=steps, guidance_scale=guidance_scale,
+                                  fixed_point_iters=fixed_point_iters)
+        return z_i, x_T
+
+    @torch.no_grad()
+    def from_embeds(self, image_embeds: torch.Tensor, caption: str | list[str] = "", *, latents=None,
+                    decoder_steps: int = 25, upsampler_steps: int = 7, decoder_guidance_scale: float = 8.0,
+                    sampler: str = "ddim", eta: float = 0.0, upsample: bool = True, clip_denoised: bool = True,
+                    generator: torch.Generator | None = None, output_type: str = "pil") -> UnCLIPOutput:
+        """Decode given z_i (and optionally x_T): the shared end of variations, interpolations and edits."""
+        captions = [caption] * len(image_embeds) if isinstance(caption, str) else list(caption)
+        text, empty = self.encode_prompt(captions)
+        images = self.decoder.sample(image_embeds, text, empty, steps=decoder_steps, guidance_scale=decoder_guidance_scale,
+                                     sampler=sampler, eta=eta, generator=generator, latents=latents,
+                                     clip_denoised=clip_denoised)
+        if upsample and self.upsampler is not None:
+            images = self.upsampler.sample(images, steps=upsampler_steps, generator=generator)
+        return UnCLIPOutput(to_output(images, output_type), image_embeds)
+
+    def variations(self, image, num_images: int = 4, *, eta: float = 1.0, use_inversion: bool = False,
+                   decoder_steps: int = 25, **kwargs) -> UnCLIPOutput:
+        """New images with the same z_i. DDIM η trades fidelity for variety; with use_inversion the
+        starting noise is the image's own x_T, so η = 0 reconstructs it."""
+        z_i = self.encode_image(image)
+        latents = None
+        if use_inversion:
+            z_i, x_T = self.invert(image, steps=decoder_steps, image_embeds=z_i)
+            latents = x_T.repeat_interleave(num_images, 0)
+        return self.from_embeds(z_i.repeat_interleave(num_images, 0), latents=latents, eta=eta,
+                                decoder_steps=decoder_steps, sampler="ddim", **kwargs)
+
+    def interpolate(self, a, b, frames: int = 8, *, invert: bool = True, decoder_steps: int = 25,
+                    **kwargs) -> UnCLIPOutput:
+        """slerp between two images' z_i (and their inverted x_T) or two prompts' prior z_i."""
+        if isinstance(a, str) and isinstance(b, str):
+            text, empty = self.encode_prompt([a, b])
+            gen = kwargs.get("generator")
+            z = self.sample_image_embeds(text, empty, generator=gen)
+            z_a, z_b, x_a, x_b = z[:1], z[1:], None, None
+            if invert:  # one shared x_T keeps the layout steady along the path
+                x_a = x_b = torch.randn(1, 3, self.decoder.config.sample_size, self.decoder.config.sample_size, generator=gen)
+        else:
+            (z_a, x_a), (z_b, x_b) = ((self.invert(im, steps=decoder_steps) if invert else (self.encode_image(im), None))
+                                      for im in (a, b))
+        ts = torch.linspace(0, 1, frames)
+        z = torch.cat([slerp(z_a, z_b, float(t)) for t in ts])
+        latents = torch.cat([slerp(x_a, x_b, float(t)) for t in ts]) if x_a is not None else None
+        return self.from_embeds(z, latents=latents, decoder_steps=decoder_steps, sampler="ddim", **kwargs)
+
+    def text_diff(self, image, from_caption: str, to_caption: str, thetas=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5), *,
+                  decoder_steps: int = 25, **kwargs) -> UnCLIPOutput:
+        """Language-guided edit: slerp z_i towards z_d = normalize(z_t(to) - z_t(from)) by each θ,
+        with x_T fixed from the image's inversion."""
+        z_i, x_T = self.invert(image, caption=from_caption, steps=decoder_steps)
+        text, _ = self.encode_prompt([from_caption, to_caption])
+        z_d = torch.nn.functional.normalize(text.text_embed[1:] - text.text_embed[:1], dim=-1)
+        norm = z_i.norm(dim=-1, keepdim=True)
+        z = torch.cat([slerp(z_i / norm, z_d, float(t)) * norm for t in thetas])
+        return self.from_embeds(z, latents=x_T.repeat(len(thetas), 1, 1, 1), decoder_steps=decoder_steps, sampler="ddim",
+                                **kwargs)
+
     # -- text to image ------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, prior_steps: int = 25,
@@ -130,3 +205,34 @@ def load(path: Path | None = None) -> UnCLIPPipeline:
     if path is None:
         raise FileNotFoundError("no model given and no shipped model in this installation")
     return UnCLIPPipeline.from_pretrained(path)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation along the great circle from a to b (rows), keeping the norm's scale."""
+    a32, b32 = a.flatten(1).float(), b.flatten(1).float()
+    na, nb = a32.norm(dim=-1, keepdim=True), b32.norm(dim=-1, keepdim=True)
+    cos = ((a32 / na) * (b32 / nb)).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7)
+    omega = torch.acos(cos)
+    so = torch.sin(omega)
+    out = torch.where(so > 1e-6, (torch.sin((1 - t) * omega) / so) * a32 + (torch.sin(t * omega) / so) * b32,
+                      (1 - t) * a32 + t * b32)
+    return out.view_as(a).to(a.dtype)
+
+
+def pil_to_tensor(images, size: int) -> torch.Tensor:
+    """PIL image(s) (any mode; transparency composited onto white) or a tensor -> (B, 3, size, size) in [-1, 1]."""
+    if torch.is_tensor(images):
+        x = images if images.ndim == 4 else images[None]
+        if x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        return x.float()
+    from PIL import Image
+
+    from unclip.data.render import on_white
+
+    ims = [images] if isinstance(images, Image.Image) else list(images)
+    out = []
+    for im in ims:
+        im = on_white(im).resize((size, size), Image.Resampling.LANCZOS)
+        out.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 127.5 - 1)
+    return torch.stack(out)
