@@ -195,16 +195,12 @@ class ARPriorTask:
 
     @torch.no_grad()
     def heldout_loss(self, model: ARPrior, n: int = 256) -> float:
-        from unclip.conditioning import Conditioning
-
         if self._heldout is None:
-            cond = Conditioning(self.cfg.data, "heldout_images", self.clip_dir, clip=self.cond.clip,
-                                max_tokens=self.config.num_embeddings)
-            idx = list(range(min(n, len(cond))))
-            z_t, hidden, mask = cond.text([int(cond.offsets[i]) for i in idx])
-            z_i = cond.image_embeds(idx)
-            self._heldout = {"text_hidden": hidden, "text_mask": mask, "text_embed": z_t,
-                             "dot": self.model.quantizer.dot_code((z_i * z_t).sum(1)), "codes": self.model.quantizer.encode(z_i)}
+            b = self.cond.heldout().fixed_batch(n)
+            q = self.model.quantizer
+            b["dot"] = q.dot_code((b["image_embed"] * b["text_embed"]).sum(1))
+            b["codes"] = q.encode(b.pop("image_embed"))
+            self._heldout = b
         model.eval()
         loss, _ = self.loss(model, self._heldout)
         model.train()

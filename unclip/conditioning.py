@@ -36,6 +36,7 @@ def load_clip_dir(path: Path):
 
 class Conditioning:
     def __init__(self, data: Path, split: str, clip_dir: Path, clip=None, max_tokens: int | None = None):
+        self.data = data
         self.clip_dir = Path(clip_dir).expanduser()
         self.clip = clip or load_clip_dir(self.clip_dir)
         self.images, self.index = image_pack(data, split)
@@ -87,3 +88,17 @@ class Conditioning:
         if x.shape[-1] != size:
             x = torch.nn.functional.interpolate(x, size=(size, size), mode="area" if x.shape[-1] > size else "bicubic")
         return x
+
+
+    def fixed_batch(self, n: int, size: int | None = None) -> dict:
+        """The first n images with their canonical (first) captions, no dropout: for held-out losses."""
+        idx = list(range(min(n, len(self))))
+        z_t, hidden, mask = self.text([int(self.offsets[i]) for i in idx])
+        b = {"image_embed": self.image_embeds(idx), "text_embed": z_t, "text_hidden": hidden, "text_mask": mask}
+        if size:
+            b["x0"] = self.pixels(idx, size)
+        return b
+
+    def heldout(self, split: str = "heldout_images") -> "Conditioning":
+        """The same conditioning (same CLIP, token limit) for another split of the same dataset."""
+        return Conditioning(self.data, split, self.clip_dir, clip=self.clip, max_tokens=self.max_tokens)

@@ -81,6 +81,22 @@ class Decoder(nn.Module):
         mask = F.pad(text_mask, (self.config.clip_extra_context_tokens, 0), value=True)  # (B, 4 + T)
         return self.unet(x_t, t, encoder_hidden_states=context, class_labels=time_add, attention_mask=mask).sample
 
+    def guided_denoiser(self, image_embeds: torch.Tensor, text, empty, guidance_scale: float):
+        """x_t, t -> CFG-combined output; the unconditional half has the learned null z_i and ""."""
+        from unclip.clip import TextEncoding
+        from unclip.sampling import guided
+
+        b = len(image_embeds)
+        pair = TextEncoding.cat(empty.repeat(b), text)
+        z_pair = torch.cat([self.null_image_embed[None].expand(b, -1).to(image_embeds.dtype), image_embeds])
+
+        def denoise_pair(x, t, cond_only=False):
+            if cond_only:
+                return self(x, t.expand(len(x)), image_embeds, text.text_embed, text.hidden_states, text.mask)
+            return self(x, t.expand(len(x)), z_pair, pair.text_embed, pair.hidden_states, pair.mask)
+
+        return guided(denoise_pair, guidance_scale, split=3)
+
     @torch.no_grad()
     def sample(self, image_embeds: torch.Tensor, text, empty, *, steps: int = 25, guidance_scale: float = 8.0,
                sampler: str = "ddpm", eta: float = 0.0, generator: torch.Generator | None = None,
@@ -91,23 +107,14 @@ class Decoder(nn.Module):
         The unconditional half uses the learned null z_i and the "" caption. `latents`: a given x_T
         (e.g. from `invert`); clip_denoised=False turns off x0 clipping (exact inversion round trips).
         """
-        from unclip.clip import TextEncoding
-        from unclip.sampling import guided, make_scheduler, sample
+        from unclip.sampling import make_scheduler, sample
 
         b, s = len(image_embeds), self.config.sample_size
-        pair = TextEncoding.cat(empty.repeat(b), text)
-        z_pair = torch.cat([self.null_image_embed[None].expand(b, -1).to(image_embeds.dtype), image_embeds])
-
-        def denoise_pair(x, t, cond_only=False):
-            if cond_only:
-                return self(x, t.expand(len(x)), image_embeds, text.text_embed, text.hidden_states, text.mask)
-            return self(x, t.expand(len(x)), z_pair, pair.text_embed, pair.hidden_states, pair.mask)
-
+        denoise = self.guided_denoiser(image_embeds, text, empty, guidance_scale)
         sched = make_scheduler(sampler, "epsilon", 1.0 if clip_denoised else None,
                                learned_variance=self.config.learned_variance)
         x = latents.clone() if latents is not None else torch.randn(b, 3, s, s, generator=generator)
-        x = sample(guided(denoise_pair, guidance_scale, split=3), x, sched, steps, generator, eta=eta, desc=progress,
-                   keep_channels=3)
+        x = sample(denoise, x, sched, steps, generator, eta=eta, desc=progress, keep_channels=3)
         return x.clamp(-1, 1)
 
     @torch.no_grad()
@@ -122,19 +129,9 @@ class Decoder(nn.Module):
         """
         from tqdm.auto import tqdm
 
-        from unclip.clip import TextEncoding
-        from unclip.sampling import guided, make_scheduler
+        from unclip.sampling import make_scheduler
 
-        b = len(images)
-        pair = TextEncoding.cat(empty.repeat(b), text)
-        z_pair = torch.cat([self.null_image_embed[None].expand(b, -1).to(image_embeds.dtype), image_embeds])
-
-        def denoise_pair(x, t, cond_only=False):
-            if cond_only:
-                return self(x, t.expand(len(x)), image_embeds, text.text_embed, text.hidden_states, text.mask)
-            return self(x, t.expand(len(x)), z_pair, pair.text_embed, pair.hidden_states, pair.mask)
-
-        eps_fn = guided(denoise_pair, guidance_scale, split=3)
+        eps_fn = self.guided_denoiser(image_embeds, text, empty, guidance_scale)
         sched = make_scheduler("ddim")
         sched.set_timesteps(steps)
         ac = sched.alphas_cumprod
@@ -243,17 +240,12 @@ class DecoderTask:
     @torch.no_grad()
     def heldout_loss(self, model: "Decoder", n: int = 64) -> float:
         """ε-MSE on held-out images (canonical captions, no dropout) at fixed timesteps and noise."""
-        from unclip.conditioning import Conditioning
-
         if self._heldout is None:
-            cond = Conditioning(self.cfg.data, "heldout_images", self.clip_dir, clip=self.cond.clip)
-            idx = list(range(min(n, len(cond))))
-            s = self.config.sample_size
+            b = self.cond.heldout().fixed_batch(n, size=self.config.sample_size)
             g = torch.Generator().manual_seed(1234)
-            z_t, hidden, mask = cond.text([int(cond.offsets[i]) for i in idx])
-            self._heldout = {"x0": cond.pixels(idx, s), "t": torch.linspace(0, self.schedule.num_timesteps - 1, len(idx)).long(),
-                             "noise": torch.randn(len(idx), 3, s, s, generator=g), "image_embed": cond.image_embeds(idx),
-                             "text_embed": z_t, "text_hidden": hidden, "text_mask": mask}
+            b["t"] = torch.linspace(0, self.schedule.num_timesteps - 1, len(b["x0"])).long()
+            b["noise"] = torch.randn(b["x0"].shape, generator=g)
+            self._heldout = b
         b = self._heldout
         model.eval()
         x_t = self.schedule.q_sample(b["x0"], b["t"], b["noise"])

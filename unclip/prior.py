@@ -153,17 +153,12 @@ class PriorTask:
 
     @torch.no_grad()
     def heldout_loss(self, model: Prior, n: int = 256) -> float:
-        from unclip.conditioning import Conditioning
-
         if self._heldout is None:
-            cond = Conditioning(self.cfg.data, "heldout_images", self.clip_dir, clip=self.cond.clip,
-                                max_tokens=self.config.num_embeddings)
-            idx = list(range(min(n, len(cond))))
-            z_t, hidden, mask = cond.text([int(cond.offsets[i]) for i in idx])
+            b = self.cond.heldout().fixed_batch(n)
             g = torch.Generator().manual_seed(1234)
-            self._heldout = {"image_embed": cond.image_embeds(idx), "t": torch.linspace(0, self.schedule.num_timesteps - 1, len(idx)).long(),
-                             "noise": torch.randn(len(idx), self.config.embedding_dim, generator=g),
-                             "text_embed": z_t, "text_hidden": hidden, "text_mask": mask}
+            b["t"] = torch.linspace(0, self.schedule.num_timesteps - 1, len(b["image_embed"])).long()
+            b["noise"] = torch.randn(len(b["image_embed"]), self.config.embedding_dim, generator=g)
+            self._heldout = b
         model.eval()
         loss, _ = self.loss(model, self._heldout)
         model.train()
