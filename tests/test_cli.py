@@ -81,3 +81,35 @@ def test_assemble_copies_stage_exports_and_names_what_is_missing(tiny_model_dir,
 
     with pytest.raises(FileNotFoundError, match="is not a upsampler export: missing super_res_first"):
         assemble(tmp_path / "m2", upsampler=tmp_path / "m")
+
+
+def test_vary_invert_interpolate_edit_from_the_cli(tiny_model_dir, tmp_path):
+    from conftest import NPM
+
+    src = tmp_path / "rocket.png"
+    Image.open(NPM / "emoji-datasource-google/package/img/google/64/1f680.png").save(src)
+    common = ["--model", str(tiny_model_dir), "--decoder-steps", "3"]
+    assert main(["vary", str(src), "--num-images", "2", "--out", str(tmp_path / "v.png"), *common]) == 0
+    assert main(["invert", str(src), "--out", str(tmp_path / "i.png"), *common]) == 0
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "i.safetensors")
+    assert saved["latents"].shape == (1, 3, 16, 16) and saved["image_embeds"].shape == (1, 384)
+    assert "psnr" in json.loads(Image.open(tmp_path / "i.png").text["parameters"])
+    assert main(["interpolate", str(src), str(src), "--frames", "3", "--out", str(tmp_path / "n.png"), *common]) == 0
+    assert (tmp_path / "n.gif").exists()
+    assert main(["interpolate", "rocket", "pizza", "--frames", "2", "--out", str(tmp_path / "p.png"), *common]) == 0
+    assert main(["edit", str(src), "--from", "rocket", "--to", "red rocket", "--thetas", "0,0.5",
+                 "--out", str(tmp_path / "e.png"), *common]) == 0
+    assert Image.open(tmp_path / "e.png").size == (2 * 64, 64)  # upsampled 16 -> 64
+
+
+def test_image_commands_reject_bad_inputs(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG not an image")
+    r = subprocess.run([sys.executable, "-m", "unclip", "vary", str(bad), "--model", str(tiny_model_dir)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "not a readable image" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "unclip", "vary", str(tmp_path / "none.png"), "--model", str(tiny_model_dir)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no image at" in r.stderr

@@ -137,6 +137,112 @@ def _retrieval(a) -> int:
     return 0
 
 
+def _open_image(path: Path):
+    from unclip.data.render import CorruptImage, open_raster
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image at {path}")
+    try:
+        return open_raster(path.read_bytes())
+    except CorruptImage as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _load_pipe(a):
+    import torch
+
+    from unclip.models import default_model_dir
+    from unclip.pipeline import UnCLIPPipeline
+
+    model = a.model or default_model_dir()
+    if model is None:
+        raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    return UnCLIPPipeline.from_pretrained(model), model
+
+
+def _common(a, model, **extra) -> dict:
+    from unclip.models import model_hash
+
+    return {"seed": a.seed, "decoder_steps": a.decoder_steps, "decoder_guidance_scale": a.decoder_guidance,
+            "model": str(model), "model_hash": model_hash(model), **extra}
+
+
+def _save(images, a, params, cols=None) -> None:
+    from unclip.images import grid, save_png
+
+    save_png(grid(images, cols), a.out, params)
+    print(f"wrote {a.out} ({len(images)} images)")
+
+
+def _vary(a) -> int:
+    import torch
+
+    pipe, model = _load_pipe(a)
+    out = pipe.variations(_open_image(a.image), a.num_images, eta=a.eta, use_inversion=a.inversion,
+                          decoder_steps=a.decoder_steps, decoder_guidance_scale=a.decoder_guidance,
+                          generator=torch.Generator().manual_seed(a.seed))
+    _save(out.images, a, _common(a, model, task="variations", image=str(a.image), eta=a.eta, inversion=a.inversion))
+    return 0
+
+
+def _invert(a) -> int:
+    import torch
+
+    from unclip.images import to_output
+    from unclip.pipeline import pil_to_tensor
+    from unclip.weights import save_safetensors
+
+    pipe, model = _load_pipe(a)
+    image = _open_image(a.image)
+    z_i, x_T = pipe.invert(image, a.caption, steps=a.decoder_steps, fixed_point_iters=a.fixed_point_iters)
+    latents = Path(a.out).with_suffix(".safetensors")
+    save_safetensors({"image_embeds": z_i, "latents": x_T}, latents, {"steps": str(a.decoder_steps)})
+    back = pipe.from_embeds(z_i, a.caption, latents=x_T, decoder_steps=a.decoder_steps, decoder_guidance_scale=1.0,
+                            upsample=False, output_type="pt").images  # (1, 3, S, S) in [0, 1]
+    target = pil_to_tensor(image, back.shape[-1]) * 0.5 + 0.5
+    psnr = float(10 * torch.log10(1 / ((back - target) ** 2).mean()))
+    _save(to_output(torch.cat([target, back]) * 2 - 1, "pil"), a,
+          _common(a, model, task="invert", image=str(a.image), psnr=round(psnr, 2)))
+    print(f"x_T and z_i in {latents}; reconstruction PSNR {psnr:.2f} dB at guidance 1")
+    return 0
+
+
+def _as_image_or_prompt(value: str):
+    p = Path(value)
+    return _open_image(p) if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp") else value
+
+
+def _interpolate(a) -> int:
+    import torch
+
+    pipe, model = _load_pipe(a)
+    x, y = _as_image_or_prompt(a.a), _as_image_or_prompt(a.b)
+    if isinstance(x, str) != isinstance(y, str):
+        raise ValueError("interpolate takes two images or two prompts, not one of each")
+    out = pipe.interpolate(x, y, a.frames, decoder_steps=a.decoder_steps, decoder_guidance_scale=a.decoder_guidance,
+                           generator=torch.Generator().manual_seed(a.seed))
+    _save(out.images, a, _common(a, model, task="interpolate", start=a.a, end=a.b, frames=a.frames), cols=a.frames)
+    gif = Path(a.out).with_suffix(".gif")
+    out.images[0].save(gif, save_all=True, append_images=out.images[1:] + out.images[::-1][1:-1], duration=120, loop=0)
+    print(f"wrote {gif}")
+    return 0
+
+
+def _edit(a) -> int:
+    import torch
+
+    thetas = [float(t) for t in a.thetas.split(",")]
+    pipe, model = _load_pipe(a)
+    out = pipe.text_diff(_open_image(a.image), a.from_text, a.to_text, thetas, decoder_steps=a.decoder_steps,
+                         decoder_guidance_scale=a.decoder_guidance, generator=torch.Generator().manual_seed(a.seed))
+    _save(out.images, a, _common(a, model, task="text_diff", image=str(a.image), **{"from": a.from_text, "to": a.to_text},
+                                 thetas=thetas), cols=len(thetas))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unclip", description="unCLIP: text-to-image with CLIP latents")
     sub = p.add_subparsers(dest="command", required=True)
@@ -218,6 +324,38 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=0)
     g.add_argument("--out", type=Path, default=Path("unclip.png"))
     g.set_defaults(fn=_generate)
+
+    def image_command(name, help_, fn, out):
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+        c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--decoder-steps", type=int, default=25)
+        c.add_argument("--decoder-guidance", type=float, default=3.0)
+        c.add_argument("--threads", type=int, default=0)
+        c.add_argument("--out", type=Path, default=Path(out))
+        c.set_defaults(fn=fn)
+        return c
+
+    v = image_command("vary", "variations of an image: same z_i, new details", _vary, "variations.png")
+    v.add_argument("image", type=Path)
+    v.add_argument("--num-images", type=int, default=4)
+    v.add_argument("--eta", type=float, default=1.0, help="DDIM η: 0 keeps the most, 1 varies the most")
+    v.add_argument("--inversion", action="store_true", help="start from the image's own inverted x_T")
+    i = image_command("invert", "DDIM inversion: an image -> (z_i, x_T), saved as safetensors, with its reconstruction",
+                      _invert, "inversion.png")
+    i.add_argument("image", type=Path)
+    i.add_argument("--caption", default="", help="the caption to invert under (default: none)")
+    i.add_argument("--fixed-point-iters", type=int, default=0, help="per-step refinements (exact inversion as it grows)")
+    it = image_command("interpolate", "slerp between two images (or two prompts): a grid and a GIF", _interpolate,
+                       "interpolation.png")
+    it.add_argument("a", help="image path or prompt")
+    it.add_argument("b", help="image path or prompt")
+    it.add_argument("--frames", type=int, default=8)
+    ed = image_command("edit", "text diff: move an image from one caption towards another", _edit, "edit.png")
+    ed.add_argument("image", type=Path)
+    ed.add_argument("--from", dest="from_text", required=True, help="a caption of the image as it is")
+    ed.add_argument("--to", dest="to_text", required=True, help="the caption it should move towards")
+    ed.add_argument("--thetas", default="0,0.1,0.2,0.3,0.4,0.5", help="comma-separated slerp amounts")
 
     pr = sub.add_parser("presets", help="list every model size preset with its parameter count")
     pr.add_argument("--json", action="store_true")
