@@ -157,3 +157,22 @@ def test_decoder_training_writes_previews_at_checkpoints(built_dataset, tiny_cli
     train(cfg, log=lambda m: None)
     im = Image.open(tmp_path / "run" / "previews" / "step0000002.png")
     assert im.size[1] == 2 * 16 and im.size[0] % 16 == 0  # held-out images over their reconstructions
+
+
+def test_resume_refuses_a_checkpoint_trained_with_another_clip(built_dataset, tiny_clip_dir, tmp_path):
+    import shutil
+
+    from unclip.clip import CLIPConfig, LockedTextCLIP
+    from unclip.presets import load_preset
+    from unclip.train import train
+
+    cfg = TrainConfig(stage="prior", preset="tiny", data=built_dataset, out=tmp_path / "run", max_steps=1, batch_size=2,
+                      options={"clip": str(tiny_clip_dir)})
+    train(cfg, log=lambda m: None)
+    other = tmp_path / "clip2"
+    torch.manual_seed(1)
+    LockedTextCLIP(CLIPConfig(**load_preset("clip", "tiny"))).save(other)
+    cfg2 = TrainConfig(**{**cfg.__dict__, "max_steps": 2, "resume": True, "options": {"clip": str(other)}})
+    with pytest.raises(ValueError, match="trained on other inputs"):
+        train(cfg2, log=lambda m: None)
+    shutil.rmtree(other)

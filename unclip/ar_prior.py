@@ -170,6 +170,9 @@ class ARPriorTask:
     def __len__(self) -> int:
         return len(self.cond)
 
+    def fingerprint(self) -> str:
+        return self.cond.fingerprint()
+
     def batch(self, indices, gens, device) -> dict:
         from unclip.diffusion import draw_uniform
 

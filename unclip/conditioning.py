@@ -53,6 +53,12 @@ class Conditioning:
     def __len__(self) -> int:
         return len(self.images)
 
+    def fingerprint(self) -> str:
+        """Identifies the inputs a conditioned stage trains on: the CLIP stage's weights."""
+        from unclip.embed import weights_hash
+
+        return f"clip-{weights_hash(self.clip_dir / 'clip.safetensors')}"
+
     def pick_captions(self, indices: list[int], gens: list[torch.Generator]) -> list[int]:
         """One caption id per sample, uniformly among its captions."""
         return [int(self.offsets[i] + torch.randint(int(self.offsets[i + 1] - self.offsets[i]), (), generator=g))

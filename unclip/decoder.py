@@ -202,6 +202,9 @@ class DecoderTask:
     def __len__(self) -> int:
         return len(self.cond)
 
+    def fingerprint(self) -> str:
+        return self.cond.fingerprint()
+
     def batch(self, indices, gens, device) -> dict:
         from unclip.diffusion import draw_noise, draw_timesteps, draw_uniform
 

@@ -196,8 +196,12 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
     ckpt = find_checkpoint(run) if cfg.resume else None
     log(f"training {cfg.stage} ({cfg.preset}) on {world} process(es), {acc.device}, mixed precision {mp}")
     start, warmup, ema_updates, state = 0, cfg.warmup_steps, 0, {}
+    fingerprint = task.fingerprint() if hasattr(task, "fingerprint") else None
     if ckpt is not None:
         state = json.loads((ckpt / "state.json").read_text())
+        if state.get("fingerprint") != fingerprint:
+            raise ValueError(f"the checkpoint in {run} was trained on other inputs ({state.get('fingerprint')}, now "
+                             f"{fingerprint}: e.g. a different CLIP stage); use another --out or delete it")
         model.load_state_dict(load_safetensors(ckpt / "model.safetensors"))
         start, ema_updates = state["step"], state["ema_updates"]
         log(f"resuming {run} at step {start}")
@@ -240,7 +244,8 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
         if acc.is_main_process:
             improved = best is None or h < best
             best = h if improved else best
-            save_checkpoint(run, acc.unwrap_model(wrapped).model, ema, opt, step, cfg, {"best_heldout": best, "heldout": h})
+            save_checkpoint(run, acc.unwrap_model(wrapped).model, ema, opt, step, cfg,
+                            {"best_heldout": best, "heldout": h, "fingerprint": fingerprint})
             if improved:
                 task.export(ema.copy_to(task.eval_model()), run / "model")
             if hasattr(task, "preview"):  # a picture of where training stands, at every checkpoint

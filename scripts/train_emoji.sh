@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The recipe of the shipped emoji model, stage by stage. Every command resumes where it stopped
+# (checkpoints under ~/.cache/unclip/runs), so run it again after an interruption; on a fresh
+# machine it rebuilds the dataset and embeddings, and starts from the committed weights.
+# STAGES selects which stages to run (default: all, in order); THREADS the torch CPU threads.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+UNCLIP=${UNCLIP:-.venv/bin/unclip}
+THREADS=${THREADS:-2}
+STAGES=${STAGES:-"data clip embed prior decoder upsampler ar_prior"}
+SHIPPED=unclip/shipped/emoji
+init() { [ -f "$SHIPPED/$1" ] && echo "--init-from $SHIPPED" || true; }
+
+for stage in $STAGES; do
+  case $stage in
+    data) $UNCLIP data build ;;
+    clip) if [ -f "$SHIPPED/clip.safetensors" ]; then echo "CLIP is frozen ($SHIPPED); skipping"; continue; fi
+          $UNCLIP train clip --preset small --batch-size 256 --lr 5e-4 --warmup-steps 150 --max-steps 3000 \
+            --eval-every 100 --threads "$THREADS" --resume $(init clip_config.json) ;;
+    embed) $UNCLIP embed ;;
+    prior) $UNCLIP train prior --preset small --batch-size 128 --lr 3e-4 --max-steps 20000 \
+             --threads "$THREADS" --resume $(init prior_config.json) ;;
+    decoder) $UNCLIP train decoder --preset small --batch-size 32 --lr 2e-4 --max-steps 100000 \
+               --threads "$THREADS" --resume $(init decoder_config.json) ;;
+    upsampler) $UNCLIP train upsampler --preset small --batch-size 16 --lr 2e-4 --max-steps 50000 \
+                 --threads "$THREADS" --resume $(init super_res_first_config.json) ;;
+    ar_prior) $UNCLIP train ar_prior --preset small --batch-size 128 --lr 3e-4 --max-steps 20000 \
+                --threads "$THREADS" --resume $(init ar_prior_config.json) ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
