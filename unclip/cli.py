@@ -50,7 +50,7 @@ def _train(a) -> int:
                       batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr, warmup_steps=a.warmup_steps,
                       ema_decay=a.ema_decay, seed=a.seed, save_minutes=a.save_minutes, threads=a.threads,
                       mixed_precision=a.mixed_precision, resume=a.resume, init_from=a.init_from,
-                      lr_schedule=a.lr_schedule, eval_every=a.eval_every, options=options)
+                      lr_schedule=a.lr_schedule, eval_every=a.eval_every, fsdp=a.fsdp, options=options)
     result = train(cfg)
     print(json.dumps(result))
     return 0
@@ -295,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=int, default=250, help="held-out loss every N steps")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     t.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default="auto")
+    t.add_argument("--fsdp", action="store_true", help="shard weights and optimizer state across processes (FSDP2)")
     t.add_argument("--resume", action="store_true", help="continue from the run's checkpoint when present")
     t.add_argument("--init-from", type=Path, help="start from these weights when there is no checkpoint")
     t.add_argument("--option", action="append", metavar="KEY=VALUE", help="stage-specific setting (repeatable)")

@@ -53,6 +53,7 @@ class TrainConfig:
     eval_every: int = 250
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     mixed_precision: str = "auto"  # "no" | "bf16" | "fp16"; auto: bf16 on GPU, fp32 on CPU
+    fsdp: bool = False  # shard weights, gradients and optimizer state across processes (FSDP2)
     resume: bool = False
     init_from: Path | None = None
     max_bad_steps: int = 20
@@ -115,35 +116,45 @@ class EMA:
             else:
                 self.shadow[k].copy_(v)
 
-    def copy_to(self, model: nn.Module) -> nn.Module:
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+    def copy_to(self, model: nn.Module, state: dict | None = None) -> nn.Module:
+        """Load the averaged weights (or `state`, their gathered full form under FSDP) into `model`."""
+        target = model.state_dict()
+        model.load_state_dict({k: v.to(target[k].dtype) for k, v in (state or self.shadow).items()})
         return model
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Flat {"PARAM_INDEX.NAME": full tensor} of the optimizer state (gathered when sharded)."""
+    from unclip.sharding import full
+
     sd = opt.state_dict()
-    tensors = {f"{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
+    tensors = {f"{i}.{k}": full(v) for i, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
     return tensors, {"param_groups": sd["param_groups"]}
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    from unclip.sharding import shard_like
+
+    params = [p for g in opt.param_groups for p in g["params"]]
     state: dict[int, dict] = {}
     for name, v in tensors.items():
         i, k = name.split(".", 1)
-        state.setdefault(int(i), {})[k] = v
+        p = params[int(i)]
+        state.setdefault(int(i), {})[k] = shard_like(v, p) if v.shape == p.shape else v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(run: Path, model: nn.Module, ema: EMA, opt, step: int, cfg: TrainConfig, extra: dict) -> None:
+def save_checkpoint(run: Path, weights: dict, ema_weights: dict, ema_updates: int, optimizer: tuple[dict, dict],
+                    step: int, cfg: TrainConfig, extra: dict) -> None:
     """Write run/checkpoint atomically: a fresh directory, then a rename swap."""
     tmp = run / f".checkpoint-{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_safetensors(model.state_dict(), tmp / "model.safetensors")
-    save_safetensors(ema.shadow, tmp / "ema.safetensors")
-    opt_tensors, opt_meta = _optimizer_tensors(opt)
+    save_safetensors(weights, tmp / "model.safetensors")
+    save_safetensors(ema_weights, tmp / "ema.safetensors")
+    opt_tensors, opt_meta = optimizer
     save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
-    state = {"step": step, "ema_updates": ema.updates, "optimizer": opt_meta, "config": _jsonable(asdict(cfg)),
+    state = {"step": step, "ema_updates": ema_updates, "optimizer": opt_meta, "config": _jsonable(asdict(cfg)),
              "torch_rng": torch.get_rng_state().tolist(), **extra}
     (tmp / "state.json").write_text(json.dumps(state))
     final, old = run / "checkpoint", run / ".checkpoint.old"
@@ -194,7 +205,8 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
         task = task or make_task(cfg)
     model = task.model
     ckpt = find_checkpoint(run) if cfg.resume else None
-    log(f"training {cfg.stage} ({cfg.preset}) on {world} process(es), {acc.device}, mixed precision {mp}")
+    log(f"training {cfg.stage} ({cfg.preset}) on {world} process(es), {acc.device}, mixed precision {mp}"
+        + (", FSDP" if cfg.fsdp and world > 1 else ""))
     start, warmup, ema_updates, state = 0, cfg.warmup_steps, 0, {}
     fingerprint = task.fingerprint() if hasattr(task, "fingerprint") else None
     if ckpt is not None:
@@ -209,6 +221,14 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
         task.load_weights(Path(cfg.init_from))
         warmup = cfg.resume_warmup_steps
         log(f"starting from the weights in {cfg.init_from} (fresh optimizer, {warmup} warm-up steps)")
+    sharded = cfg.fsdp and world > 1
+    wrapped = TaskModule(task)
+    if sharded:
+        from unclip.sharding import shard
+
+        # after loading full weights, before the optimizer sees the parameters; the root is the loss
+        # module, so a stage's own parameters are gathered for everything its loss does
+        shard(wrapped)
 
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -220,10 +240,15 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
         _load_optimizer(opt, load_safetensors(ckpt / "optimizer.safetensors"), state["optimizer"])
     ema = EMA(model, cfg.ema_decay)
     if ckpt is not None:
-        ema.shadow = {k: v.float() for k, v in load_safetensors(ckpt / "ema.safetensors").items()}
+        from unclip.sharding import shard_like
+
+        like = model.state_dict()
+        ema.shadow = {k: shard_like(v.float(), like[k]).float() for k, v in load_safetensors(ckpt / "ema.safetensors").items()}
         ema.updates = ema_updates
-    wrapped = TaskModule(task)
-    wrapped, opt = acc.prepare(wrapped, opt)
+    if sharded:  # FSDP already synchronises gradients; accelerate would add DDP on top
+        opt = acc.prepare(opt)
+    else:
+        wrapped, opt = acc.prepare(wrapped, opt)
     device = acc.device
     n = len(task)
     local = cfg.batch_size // world
@@ -234,22 +259,26 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
     stop = {"flag": False}
     old_handler = signal.signal(signal.SIGTERM, lambda *a: stop.__setitem__("flag", True)) if acc.is_main_process else None
 
-    def evaluate(step: int) -> float:
-        eval_model = ema.copy_to(task.eval_model())
-        return float(task.heldout_loss(eval_model))
+    from unclip.sharding import full_state
+
+    def evaluate(ema_full: dict) -> float:
+        return float(task.heldout_loss(ema.copy_to(task.eval_model(), ema_full)))
 
     def checkpoint(step: int) -> None:
         nonlocal best
-        h = evaluate(step)
+        ema_full = full_state(ema.shadow)  # collectives under FSDP: every process takes part
+        weights = full_state(acc.unwrap_model(wrapped).model.state_dict())
+        optimizer = _optimizer_tensors(opt)
+        h = evaluate(ema_full)
         if acc.is_main_process:
             improved = best is None or h < best
             best = h if improved else best
-            save_checkpoint(run, acc.unwrap_model(wrapped).model, ema, opt, step, cfg,
+            save_checkpoint(run, weights, ema_full, ema.updates, optimizer, step, cfg,
                             {"best_heldout": best, "heldout": h, "fingerprint": fingerprint})
             if improved:
-                task.export(ema.copy_to(task.eval_model()), run / "model")
+                task.export(ema.copy_to(task.eval_model(), ema_full), run / "model")
             if hasattr(task, "preview"):  # a picture of where training stands, at every checkpoint
-                task.preview(ema.copy_to(task.eval_model()), run / "previews" / f"step{step:07d}.png")
+                task.preview(ema.copy_to(task.eval_model(), ema_full), run / "previews" / f"step{step:07d}.png")
             _append(metrics_path, {"step": step, "heldout_loss": h, "best_heldout": best, "exported": improved})
         acc.wait_for_everyone()
 
@@ -290,6 +319,8 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
             continue
         bad = 0
         grad_norm = acc.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip) if cfg.grad_clip else None
+        if grad_norm is not None and hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.update(acc.unwrap_model(wrapped).model)
@@ -312,13 +343,15 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
         if _broadcast_flag(acc, bool(due)) or stop_now or done == cfg.max_steps:
             checkpoint(done)
             last_save = time.time()
-        elif cfg.eval_every and done % cfg.eval_every == 0 and acc.is_main_process:
-            _append(metrics_path, {"step": done, "heldout_loss": evaluate(done)})
+        elif cfg.eval_every and done % cfg.eval_every == 0:
+            ema_full = full_state(ema.shadow)
+            if acc.is_main_process:
+                _append(metrics_path, {"step": done, "heldout_loss": evaluate(ema_full)})
         if stop_now:
             log(f"stopped by SIGTERM at step {done}; checkpoint saved")
             break
     bar.close()
-    if world > 1:
+    if world > 1 and not sharded:  # (sharded weights differ per process by design)
         in_sync = _ranks_in_sync(acc, acc.unwrap_model(wrapped).model)
         if acc.is_main_process:
             _append(metrics_path, {"step": step + 1, "ranks_in_sync": in_sync})
