@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from unclip.conditioning import ConditionedTask
 from unclip.weights import load_safetensors, save_safetensors
 
 
@@ -146,7 +147,7 @@ class ARPrior(nn.Module):
         return model.eval()
 
 
-class ARPriorTask:
+class ARPriorTask(ConditionedTask):
     """Training task for the AR prior. Options: clip=DIR (CLIP stage)."""
 
     def __init__(self, cfg, conditioning=None):
@@ -166,12 +167,6 @@ class ARPriorTask:
         self.model.quantizer.fit(z, (z * first).sum(1))
         self.codes = self.model.quantizer.encode(z)  # (N, k)
         self._heldout = None
-
-    def __len__(self) -> int:
-        return len(self.cond)
-
-    def fingerprint(self) -> str:
-        return self.cond.fingerprint()
 
     def batch(self, indices, gens, device) -> dict:
         from unclip.diffusion import draw_uniform

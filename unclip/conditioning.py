@@ -108,3 +108,15 @@ class Conditioning:
     def heldout(self, split: str = "heldout_images") -> "Conditioning":
         """The same conditioning (same CLIP, token limit) for another split of the same dataset."""
         return Conditioning(self.data, split, self.clip_dir, clip=self.clip, max_tokens=self.max_tokens)
+
+
+class ConditionedTask:
+    """What the tasks trained on precomputed CLIP conditioning share (prior, AR prior, decoder)."""
+
+    cond: Conditioning
+
+    def __len__(self) -> int:
+        return len(self.cond)
+
+    def fingerprint(self) -> str:
+        return self.cond.fingerprint()

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from unclip.conditioning import ConditionedTask
 from unclip.weights import save_diffusers
 
 
@@ -180,7 +181,7 @@ class Decoder(nn.Module):
         self.text_proj.load_state_dict({k: v.float() for k, v in proj.state_dict().items()})
 
 
-class DecoderTask:
+class DecoderTask(ConditionedTask):
     """Training task for the decoder. Options: clip=DIR (CLIP stage), min_snr_gamma (default 5)."""
 
     def __init__(self, cfg, conditioning=None):
@@ -198,12 +199,6 @@ class DecoderTask:
         self.schedule = Schedule()
         self.gamma = float(cfg.options.get("min_snr_gamma", 5.0))
         self._heldout = None
-
-    def __len__(self) -> int:
-        return len(self.cond)
-
-    def fingerprint(self) -> str:
-        return self.cond.fingerprint()
 
     def batch(self, indices, gens, device) -> dict:
         from unclip.diffusion import draw_noise, draw_timesteps, draw_uniform

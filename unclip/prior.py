@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from unclip.conditioning import ConditionedTask
 from unclip.weights import save_diffusers
 
 
@@ -102,7 +103,7 @@ class Prior(nn.Module):
         self.transformer.load_state_dict({k: v.float() for k, v in t.state_dict().items()})
 
 
-class PriorTask:
+class PriorTask(ConditionedTask):
     """Training task for the diffusion prior. Options: clip=DIR (CLIP stage)."""
 
     def __init__(self, cfg, conditioning=None):
@@ -120,12 +121,6 @@ class PriorTask:
         self.model.set_stats(*self.stats)
         self.schedule = Schedule()
         self._heldout = None
-
-    def __len__(self) -> int:
-        return len(self.cond)
-
-    def fingerprint(self) -> str:
-        return self.cond.fingerprint()
 
     def batch(self, indices, gens, device) -> dict:
         from unclip.diffusion import draw_noise, draw_timesteps, draw_uniform
