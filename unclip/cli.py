@@ -45,7 +45,10 @@ def _train(a) -> int:
         k, sep, v = kv.partition("=")
         if not sep:
             raise ValueError(f"--option takes KEY=VALUE, not {kv!r}")
-        options[k] = json.loads(v) if v[:1] in "0123456789-[{tf" and v not in ("-",) else v
+        try:
+            options[k] = json.loads(v)  # numbers, booleans, lists
+        except ValueError:
+            options[k] = v  # a plain string, e.g. a path
     cfg = TrainConfig(stage=a.stage, preset=a.preset, data=a.data, out=a.out, max_steps=a.max_steps,
                       batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr, warmup_steps=a.warmup_steps,
                       ema_decay=a.ema_decay, seed=a.seed, save_minutes=a.save_minutes, threads=a.threads,

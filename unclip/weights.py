@@ -15,8 +15,8 @@ def load_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]
     if path.suffix in PICKLE_SUFFIXES:
         raise ValueError(
             f"{path} is a pickle-based checkpoint, which can run arbitrary code when loaded; unclip reads only "
-            "safetensors. Convert it once in a trusted environment: "
-            "`safetensors.torch.save_file(torch.load(p, weights_only=True), p.with_suffix('.safetensors'))`"
+            "safetensors. Convert it once, in a trusted environment, by loading it with torch (weights_only=True) "
+            "and writing the state dict with safetensors.torch.save_file"
         )
     if not path.exists():
         raise FileNotFoundError(f"missing weights file {path}")
