@@ -79,8 +79,6 @@ def preset_table() -> list[dict]:
 
 
 def _build(stage: str, p: dict):
-    if "block_out_channels" in p:
-        p["block_out_channels"] = tuple(p["block_out_channels"])
     if stage == "clip":
         from unclip.clip import CLIPConfig, LockedTextCLIP
 

@@ -38,6 +38,9 @@ class DecoderConfig:
     image_drop: float = 0.1  # CFG: z_i -> learned null embedding
     caption_drop: float = 0.5  # CFG: caption -> ""
 
+    def __post_init__(self):
+        self.block_out_channels = tuple(self.block_out_channels)  # JSON presets and configs hold lists
+
     @property
     def time_embed_dim(self) -> int:
         return 4 * self.block_out_channels[0]
@@ -166,7 +169,6 @@ class Decoder(nn.Module):
     def load(cls, directory: Path) -> "Decoder":
         directory = Path(directory)
         cfg = json.loads((directory / "decoder_config.json").read_text())
-        cfg["block_out_channels"] = tuple(cfg["block_out_channels"])
         model = cls(DecoderConfig(**cfg))
         model.load_weights(directory)
         return model.eval()
@@ -190,7 +192,6 @@ class DecoderTask(ConditionedTask):
         from unclip.presets import load_preset
 
         p = load_preset("decoder", cfg.preset)
-        p["block_out_channels"] = tuple(p["block_out_channels"])
         self.cfg, self.config = cfg, DecoderConfig(**p)
         self.model = Decoder(self.config)
         clip_dir = cfg.options.get("clip") or default_clip_dir()

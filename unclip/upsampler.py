@@ -27,6 +27,9 @@ class UpsamplerConfig:
     norm_num_groups: int = 8
     degradation: str = "blur"  # "blur" | "bsr"
 
+    def __post_init__(self):
+        self.block_out_channels = tuple(self.block_out_channels)  # JSON presets and configs hold lists
+
 
 class Upsampler(nn.Module):
     def __init__(self, config: UpsamplerConfig):
@@ -69,7 +72,6 @@ class Upsampler(nn.Module):
     @classmethod
     def load(cls, directory: Path, name: str = "super_res_first") -> "Upsampler":
         cfg = json.loads((Path(directory) / f"{name}_config.json").read_text())
-        cfg["block_out_channels"] = tuple(cfg["block_out_channels"])
         model = cls(UpsamplerConfig(**cfg))
         model.load_weights(directory, name)
         return model.eval()
@@ -93,7 +95,6 @@ class UpsamplerTask:
         from unclip.presets import load_preset
 
         p = load_preset("upsampler", cfg.preset)
-        p["block_out_channels"] = tuple(p["block_out_channels"])
         self.cfg, self.config = cfg, UpsamplerConfig(**p)
         self.model = Upsampler(self.config)
         size = self.config.sample_size
