@@ -17,7 +17,9 @@ def make_scheduler(sampler: str, prediction_type: str = "epsilon", clip_range: f
 
     ddpm: `UnCLIPScheduler` (Karlo's; learned-range variance for the decoder, fixed-small otherwise).
     ddim: `DDIMScheduler`, trailing timesteps ending at ᾱ = 1.
-    dpm++: `DPMSolverMultistepScheduler`, second order, trailing timesteps.
+    dpm++: `DPMSolverMultistepScheduler`, second order, trailing timesteps. Its first step starts
+    where ᾱ ≈ 2e-9, so an ε-predicted x0 carries the ε error times 1/√ᾱ ≈ 2e4: x0 is clipped to
+    ±clip_range there as DDIM and DDPM do (diffusers' thresholding with sample_max_value = range).
     """
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UnCLIPScheduler
 
@@ -31,7 +33,8 @@ def make_scheduler(sampler: str, prediction_type: str = "epsilon", clip_range: f
     if sampler == "dpm++":
         return DPMSolverMultistepScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
                                            algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
-                                           lower_order_final=True)
+                                           lower_order_final=True, thresholding=clip,
+                                           dynamic_thresholding_ratio=1.0, sample_max_value=clip_range or 1.0)
     raise ValueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
 
 
