@@ -113,3 +113,25 @@ def test_image_commands_reject_bad_inputs(tiny_model_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "unclip", "vary", str(tmp_path / "none.png"), "--model", str(tiny_model_dir)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no image at" in r.stderr
+
+
+def test_guided_pca_probe_and_empty_prompt_from_the_cli(tiny_model_dir, built_dataset, tmp_path):
+    import shutil
+
+    from conftest import NPM
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    common = ["--model", str(model), "--decoder-steps", "2"]
+    assert main(["guided", "red heart", "--num-images", "2", "--cutn", "2", "--out", str(tmp_path / "g.png"), *common]) == 0
+    params = json.loads(Image.open(tmp_path / "g.png").text["parameters"])
+    assert params["task"] == "clip_guided" and params["clip_guidance_scale"] == 300.0
+    src = tmp_path / "rocket.png"
+    Image.open(NPM / "emoji-datasource-google/package/img/google/64/1f680.png").save(src)
+    r = subprocess.run([sys.executable, "-m", "unclip", "probe", str(src), *common], capture_output=True, text=True)
+    assert r.returncode == 2 and "unclip pca --model" in r.stderr  # no PCA yet: says how to make it
+    assert main(["pca", "--model", str(model), "--data", str(built_dataset)]) == 0
+    assert main(["probe", str(src), "--ks", "1,8,384", "--out", str(tmp_path / "p.png"), *common]) == 0
+    assert Image.open(tmp_path / "p.png").size == (3 * 64, 64)
+    r = subprocess.run([sys.executable, "-m", "unclip", "generate", "  ", "--model", str(model)], capture_output=True, text=True)
+    assert r.returncode == 2 and "the prompt is empty" in r.stderr

@@ -67,7 +67,9 @@ def test_autoregressive_prior_is_selectable(pipe):
 @pytest.mark.parametrize("kwargs,match", [
     ({"prompt": ""}, None), ({"prompt": []}, "non-empty list"), ({"prompt": "x", "num_images_per_prompt": 0}, "at least 1"),
     ({"prompt": "x", "sampler": "euler"}, "unknown sampler 'euler'"), ({"prompt": "x", "output_type": "jpg"}, "output_type"),
-    ({"prompt": "x", "prior": "gan"}, "prior must be"), ({"prompt": "x", "decoder_steps": 0}, "steps must be at least"),
+    ({"prompt": "x", "prior": "gan"}, "prior must be"), ({"prompt": "x", "decoder_steps": 0}, "decoder_steps must be an integer between 1 and 1000"),
+    ({"prompt": "x", "prior_steps": 5000}, "prior_steps must be"), ({"prompt": "x", "decoder_guidance_scale": -1}, "between 0.0"),
+    ({"prompt": "x", "eta": 2.0}, "eta must be between 0.0 and 1.0"),
 ])
 def test_bad_arguments_are_clear_errors(pipe, kwargs, match):
     if match is None:  # the empty prompt is valid: it is the unconditional caption
@@ -75,6 +77,13 @@ def test_bad_arguments_are_clear_errors(pipe, kwargs, match):
         return
     with pytest.raises(ValueError, match=match):
         pipe(**{"prior_steps": 2, "decoder_steps": 2, "upsample": False, **kwargs})
+
+
+def test_a_prompt_longer_than_the_context_is_truncated_with_a_warning(pipe):
+    long = "a grinning cat " * 40
+    with pytest.warns(UserWarning, match="reads only the first 64"):
+        text, _ = pipe.encode_prompt([long])
+    assert text.hidden_states.shape[1] == 64
 
 
 def _emoji(name="twemoji-svg/package/1f680.svg"):
@@ -168,3 +177,31 @@ def test_samplers_stay_in_range_when_the_denoiser_is_slightly_wrong(sampler):
 
     out = sample(noisy_oracle, torch.randn(1, 3, 8, 8, generator=_gen()), sched, 10, _gen())
     assert (out - x0).abs().max() < 0.1
+
+
+def test_pca_fit_project_and_probe(tiny_model_dir, tmp_path):
+    import shutil
+
+    from unclip.pca import fit_pca, project, save_pca
+
+    z = torch.nn.functional.normalize(torch.randn(200, 384, generator=_gen()) + 2 * torch.randn(384, generator=_gen(1)), dim=-1)
+    pca = fit_pca(z)
+    c = pca["components"][:199]
+    torch.testing.assert_close(c @ c.T, torch.eye(199), atol=1e-4, rtol=0)  # orthonormal axes
+    assert (pca["variance"][:-1] >= pca["variance"][1:]).all()
+    torch.testing.assert_close(project(z[:3], pca, 384), z[:3], atol=1e-5, rtol=0)  # all components: z itself
+    torch.testing.assert_close(project(z[:3], pca, 0), torch.nn.functional.normalize(pca["mean"], dim=-1).expand(3, -1))
+    with pytest.raises(ValueError, match="k must be between 0 and 384"):
+        project(z, pca, 385)
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    with pytest.raises(ValueError, match="no clip_pca.safetensors"):
+        unclip.load(model).pca_reconstructions(_emoji(), (1, 2))
+    save_pca(fit_pca(torch.randn(500, 384, generator=_gen())), model)  # full rank: k = 384 spans any z_i
+    pipe = unclip.load(model)
+    out = pipe.pca_reconstructions(_emoji(), (1, 384), decoder_steps=3, upsample=False, generator=_gen(), output_type="pt")
+    assert out.images.shape == (2, 3, 16, 16)
+    full = pipe.from_embeds(pipe.encode_image(_emoji()), latents=torch.randn(1, 3, 16, 16, generator=_gen()),
+                            decoder_steps=3, sampler="ddim", upsample=False, output_type="pt")
+    torch.testing.assert_close(out.images[1:], full.images, atol=1e-4, rtol=0)  # k = D decodes z_i itself

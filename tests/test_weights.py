@@ -18,3 +18,16 @@ def test_safetensors_roundtrip_and_missing_file(tmp_path):
     assert not list(tmp_path.glob(".*.tmp")), "atomic write leaves no temp file"
     with pytest.raises(FileNotFoundError, match="missing weights file"):
         load_safetensors(tmp_path / "nope.safetensors")
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    import os
+
+    from unclip.fsutil import write_bytes_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_bytes_atomic(tmp_path / "f", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644  # readable by others, like any model file

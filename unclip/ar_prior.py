@@ -114,13 +114,16 @@ class ARPrior(nn.Module):
         return self.head(h[:, e.shape[1] - 1:])  # the dot token predicts code 0, code j predicts code j+1
 
     @torch.no_grad()
-    def generate(self, text_hidden, text_mask, text_embed, generator=None, temperature: float = 1.0) -> torch.Tensor:
+    def generate(self, text_hidden, text_mask, text_embed, generator=None, temperature: float = 1.0,
+                 progress: str | None = None) -> torch.Tensor:
         """Sample z_i (B, D); the dot-product token is drawn uniformly from the top half of its buckets."""
         b, nd = len(text_embed), self.config.dot_buckets
         dot = torch.randint(nd // 2, nd, (b,), generator=generator, device=text_embed.device)
         e, m = self.prefix(text_hidden, text_mask, text_embed, dot)
         codes, past, x, mask = [], None, e, m.long()
-        for _ in range(self.dims):
+        from tqdm.auto import tqdm
+
+        for _ in tqdm(range(self.dims), desc=progress, disable=progress is None, leave=False):
             out = self.gpt(inputs_embeds=x, attention_mask=mask, past_key_values=past, use_cache=True)
             past = out.past_key_values
             probs = F.softmax(self.head(out.last_hidden_state[:, -1]).float() / temperature, -1)

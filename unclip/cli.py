@@ -109,6 +109,7 @@ def _generate(a) -> int:
     model = a.model or default_model_dir()
     if model is None:
         raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    _check_prompt(a.prompt)
     if a.threads:
         torch.set_num_threads(a.threads)
     pipe = UnCLIPPipeline.from_pretrained(model)
@@ -123,6 +124,56 @@ def _generate(a) -> int:
     save_png(grid(out.images), a.out, params)
     print(f"wrote {a.out} ({a.num_images} images of {out.images[0].size[0]} px)")
     return 0
+
+
+def _guided(a) -> int:
+    import torch
+
+    pipe, model = _load_pipe(a)
+    _check_prompt(a.prompt)
+    out = pipe.clip_guided(a.prompt, a.num_images, steps=a.decoder_steps, clip_guidance_scale=a.clip_guidance,
+                           cutn=a.cutn, condition=a.condition, guidance_scale=a.decoder_guidance, sampler=a.sampler,
+                           upsampler_steps=a.upsampler_steps, upsample=not a.no_upsample,
+                           generator=torch.Generator().manual_seed(a.seed), progress=True)
+    _save(out.images, a, _common(a, model, task="clip_guided", prompt=a.prompt, clip_guidance_scale=a.clip_guidance,
+                                 cutn=a.cutn, condition=a.condition, sampler=a.sampler))
+    return 0
+
+
+def _probe(a) -> int:
+    import torch
+
+    ks = [int(k) for k in a.ks.split(",")]
+    pipe, model = _load_pipe(a)
+    out = pipe.pca_reconstructions(_open_image(a.image), ks, decoder_steps=a.decoder_steps,
+                                   decoder_guidance_scale=a.decoder_guidance, generator=torch.Generator().manual_seed(a.seed))
+    _save(out.images, a, _common(a, model, task="pca_probe", image=str(a.image), ks=ks), cols=len(ks))
+    return 0
+
+
+def _pca(a) -> int:
+    import numpy as np
+    import torch
+
+    from unclip.conditioning import Conditioning
+    from unclip.models import default_model_dir
+    from unclip.pca import fit_pca, save_pca
+
+    model = a.model or default_model_dir()
+    if model is None:
+        raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    z = Conditioning(a.data, "train", model).image_embed  # (N, D), computed by `unclip embed` if missing
+    pca = fit_pca(torch.from_numpy(np.asarray(z, dtype=np.float32)))
+    path = save_pca(pca, model)
+    share = (pca["variance"].cumsum(0) / pca["variance"].sum())
+    print(f"wrote {path} from {len(z)} z_i; variance explained by 1/8/32/64 components: "
+          + " / ".join(f"{float(share[k - 1]):.3f}" for k in (1, 8, 32, 64)))
+    return 0
+
+
+def _check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        raise ValueError("the prompt is empty; give a description such as \"a grinning cat, 3D style\"")
 
 
 def _retrieval(a) -> int:
@@ -360,6 +411,27 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--from", dest="from_text", required=True, help="a caption of the image as it is")
     ed.add_argument("--to", dest="to_text", required=True, help="the caption it should move towards")
     ed.add_argument("--thetas", default="0,0.1,0.2,0.3,0.4,0.5", help="comma-separated slerp amounts")
+
+    gd = image_command("guided", "the CLIP-guided baseline: the decoder steered by CLIP gradients (no prior, no z_i)",
+                       _guided, "clip_guided.png")
+    gd.add_argument("prompt")
+    gd.add_argument("--num-images", type=int, default=4)
+    gd.add_argument("--clip-guidance", type=float, default=300.0, help="scale of the CLIP similarity gradient")
+    gd.add_argument("--cutn", type=int, default=16, help="random crops scored by CLIP per image and step")
+    gd.add_argument("--condition", choices=("caption", "none"), default="caption",
+                    help="decoder conditioned on the caption (GLIDE-like) or on nothing")
+    gd.add_argument("--sampler", default="ddim", help="ddpm | ddim | dpm++ (default: ddim)")
+    gd.add_argument("--upsampler-steps", type=int, default=7)
+    gd.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
+    pb = image_command("probe", "what z_i keeps: decode an image from its first k PCA components, for each k", _probe,
+                       "pca_probe.png")
+    pb.add_argument("image", type=Path)
+    pb.add_argument("--ks", default="1,2,4,8,16,32,64,384", help="comma-separated component counts")
+
+    pc = sub.add_parser("pca", help="fit the PCA of the training split's z_i into the model directory (for `probe`)")
+    pc.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    pc.add_argument("--data", type=Path, default=default_data_dir())
+    pc.set_defaults(fn=_pca)
 
     pr = sub.add_parser("presets", help="list every model size preset with its parameter count")
     pr.add_argument("--json", action="store_true")

@@ -146,6 +146,12 @@ class LockedTextCLIP(nn.Module):
         return self.config.embed_dim
 
     @property
+    def tokenizer(self):
+        return self.text_tower.tokenizer
+
+    context_length = MAX_TOKENS  # tokens the text tower reads; longer captions are truncated
+
+    @property
     def image_size(self) -> int:
         return self.config.image_size
 
@@ -208,6 +214,10 @@ class HFCLIP(nn.Module):
     def embed_dim(self) -> int:
         return self.model.config.projection_dim
 
+    @property
+    def context_length(self) -> int:
+        return self.model.config.text_config.max_position_embeddings
+
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> TextEncoding:
         max_len = self.model.config.text_config.max_position_embeddings
@@ -216,8 +226,8 @@ class HFCLIP(nn.Module):
         text_embed = self.model.text_projection(out.pooler_output)  # (B, D)
         return TextEncoding(F.normalize(text_embed, dim=-1), out.last_hidden_state, tok.attention_mask.bool())
 
-    @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Differentiable (CLIP guidance takes its gradient); callers turn grad off where they want."""
         s = self.image_size
         x = F.interpolate((images + 1) / 2, size=(s, s), mode="bicubic", align_corners=False, antialias=True)
         x = (x - self.mean) / self.std

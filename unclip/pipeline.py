@@ -26,6 +26,7 @@ class UnCLIPPipeline:
     def __init__(self, clip, prior=None, decoder=None, upsampler=None, ar_prior=None, name: str = "unclip"):
         self.clip, self.prior, self.decoder, self.upsampler, self.ar_prior = clip, prior, decoder, upsampler, ar_prior
         self.name = name
+        self.pca = None  # PCA of z_i (clip_pca.safetensors), for pca_reconstructions
 
     @classmethod
     def from_pretrained(cls, path: Path) -> "UnCLIPPipeline":
@@ -52,12 +53,25 @@ class UnCLIPPipeline:
             from unclip.ar_prior import ARPrior
 
             parts["ar_prior"] = ARPrior.load(path)
-        return cls(**parts, name=path.name)
+        from unclip.pca import load_pca
+
+        pipe = cls(**parts, name=path.name)
+        pipe.pca = load_pca(path)
+        return pipe
 
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> tuple[TextEncoding, TextEncoding]:
-        """Encodings of the prompts and of "" (the unconditional caption), computed once per call."""
+        """Encodings of the prompts and of "" (the unconditional caption), computed once per call.
+        A prompt longer than the text encoder's context is truncated, with a warning."""
+        import warnings
+
+        ctx = self.clip.context_length
+        for p in prompts:
+            n = len(self.clip.tokenizer(p).input_ids)
+            if n > ctx:
+                warnings.warn(f"the prompt is {n} tokens; the text encoder reads only the first {ctx} "
+                              f"(ignored: ...{p[-40:]!r})", stacklevel=3)
         enc = self.clip.encode_text(list(prompts) + [""])
         enc = TextEncoding(enc.text_embed.float(), enc.hidden_states.float(), enc.mask)
         return enc[:-1], enc[-1:]
@@ -66,7 +80,8 @@ class UnCLIPPipeline:
     @torch.no_grad()
     def sample_image_embeds(self, text: TextEncoding, empty: TextEncoding, *, steps: int = 25,
                             guidance_scale: float = 4.0, sampler: str = "ddpm", best_of: int = 2,
-                            prior: str = "diffusion", generator: torch.Generator | None = None) -> torch.Tensor:
+                            prior: str = "diffusion", generator: torch.Generator | None = None,
+                            progress: bool = False) -> torch.Tensor:
         """One z_i per row of `text` (B, D); best-of-N keeps the sample most similar to z_t."""
         if best_of < 1:
             raise ValueError(f"best_of must be at least 1, got {best_of}")
@@ -76,12 +91,13 @@ class UnCLIPPipeline:
             if self.ar_prior is None:
                 raise ValueError("this model has no autoregressive prior (ar_prior_config.json)")
             cand = cand.pad_to(self.ar_prior.config.num_embeddings)
-            z = self.ar_prior.generate(cand.hidden_states, cand.mask, cand.text_embed, generator=generator)
+            z = self.ar_prior.generate(cand.hidden_states, cand.mask, cand.text_embed, generator=generator,
+                                       progress="ar prior" if progress else None)
         elif prior == "diffusion":
             if self.prior is None:
                 raise ValueError("this model has no diffusion prior (prior_config.json)")
             z = self.prior.sample(cand, empty, steps=steps, guidance_scale=guidance_scale, sampler=sampler,
-                                  generator=generator)
+                                  generator=generator, progress="prior" if progress else None)
         else:
             raise ValueError(f"prior must be 'diffusion' or 'ar', not {prior!r}")
         z = z.view(b, best_of, -1)  # (B, N, D)
@@ -111,6 +127,8 @@ class UnCLIPPipeline:
                     sampler: str = "ddim", eta: float = 0.0, upsample: bool = True, clip_denoised: bool = True,
                     generator: torch.Generator | None = None, output_type: str = "pil") -> UnCLIPOutput:
         """Decode given z_i (and optionally x_T): the shared end of variations, interpolations and edits."""
+        check_ranges(decoder_steps=decoder_steps, upsampler_steps=upsampler_steps,
+                     decoder_guidance_scale=decoder_guidance_scale, eta=eta)
         captions = [caption] * len(image_embeds) if isinstance(caption, str) else list(caption)
         text, empty = self.encode_prompt(captions)
         images = self.decoder.sample(image_embeds, text, empty, steps=decoder_steps, guidance_scale=decoder_guidance_scale,
@@ -162,6 +180,21 @@ class UnCLIPPipeline:
         return self.from_embeds(z, latents=x_T.repeat(len(thetas), 1, 1, 1), decoder_steps=decoder_steps, sampler="ddim",
                                 **kwargs)
 
+    def pca_reconstructions(self, image, ks=(1, 2, 4, 8, 16, 32, 64), *, decoder_steps: int = 25,
+                            generator: torch.Generator | None = None, **kwargs) -> UnCLIPOutput:
+        """Decode an image's z_i kept to its first k principal components, one image per k, all from
+        the same x_T (DDIM, η = 0): which attributes the first components already carry."""
+        from unclip.pca import project
+
+        if self.pca is None:
+            raise ValueError(f"model {self.name!r} has no clip_pca.safetensors; write it with `unclip pca --model DIR`")
+        z_i = self.encode_image(image)
+        z = torch.cat([project(z_i, self.pca, k) for k in ks])
+        s = self.decoder.config.sample_size
+        x_T = torch.randn(1, 3, s, s, generator=generator).repeat(len(ks), 1, 1, 1)
+        return self.from_embeds(z, latents=x_T, decoder_steps=decoder_steps, sampler="ddim", generator=generator,
+                                **kwargs)
+
     # -- text to image ------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, prior_steps: int = 25,
@@ -171,10 +204,13 @@ class UnCLIPPipeline:
                  output_type: str = "pil", progress: bool = False) -> UnCLIPOutput:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         _check(prompts, num_images_per_prompt, sampler, output_type)
+        check_ranges(prior_steps=prior_steps, decoder_steps=decoder_steps, upsampler_steps=upsampler_steps,
+                     prior_guidance_scale=prior_guidance_scale, decoder_guidance_scale=decoder_guidance_scale, eta=eta)
         text, empty = self.encode_prompt(prompts)
         text = text.repeat(num_images_per_prompt)
         z_i = self.sample_image_embeds(text, empty, steps=prior_steps, guidance_scale=prior_guidance_scale,
-                                       sampler=sampler, best_of=best_of, prior=prior, generator=generator)
+                                       sampler=sampler, best_of=best_of, prior=prior, generator=generator,
+                                       progress=progress)
         if self.decoder is None:
             raise ValueError("this model has no decoder (decoder_config.json)")
         images = self.decoder.sample(z_i, text, empty, steps=decoder_steps, guidance_scale=decoder_guidance_scale,
@@ -186,6 +222,41 @@ class UnCLIPPipeline:
         return UnCLIPOutput(to_output(images, output_type), z_i)
 
 
+    def clip_guided(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, steps: int = 50,
+                    clip_guidance_scale: float = 300.0, cutn: int = 16, condition: str = "caption",
+                    guidance_scale: float = 3.0, sampler: str = "ddim", eta: float = 0.0, upsampler_steps: int = 7,
+                    upsample: bool = True, generator: torch.Generator | None = None, output_type: str = "pil",
+                    progress: bool = False) -> UnCLIPOutput:
+        """The CLIP-guided baseline (clip_guided.py) on this model's decoder and CLIP: no prior, no z_i.
+        `image_embeds` of the output are the CLIP embeddings of the images it made."""
+        from unclip.clip_guided import clip_guided_denoiser
+        from unclip.sampling import make_scheduler, sample
+
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        _check(prompts, num_images_per_prompt, sampler, output_type)
+        check_ranges(steps=steps, guidance_scale=guidance_scale, eta=eta, upsampler_steps=upsampler_steps)
+        if clip_guidance_scale < 0 or cutn < 1:
+            raise ValueError(f"clip_guidance_scale must be >= 0 and cutn >= 1, got {clip_guidance_scale} and {cutn}")
+        if self.decoder is None:
+            raise ValueError("this model has no decoder (decoder_config.json)")
+        text, empty = self.encode_prompt(prompts)
+        text = text.repeat(num_images_per_prompt)
+        sched = make_scheduler(sampler, "epsilon", 1.0, learned_variance=self.decoder.config.learned_variance)
+        denoise = clip_guided_denoiser(self.decoder, self.clip, text, empty, sched.alphas_cumprod,
+                                       clip_guidance_scale=clip_guidance_scale, cutn=cutn, condition=condition,
+                                       guidance_scale=guidance_scale, generator=generator)
+        s = self.decoder.config.sample_size
+        x = torch.randn(len(text), 3, s, s, generator=generator)
+        images = sample(denoise, x, sched, steps, generator, eta=eta, desc="clip-guided decoder" if progress else None,
+                        keep_channels=3).clamp(-1, 1)
+        with torch.no_grad():
+            z = self.clip.encode_image(images)
+            if upsample and self.upsampler is not None:
+                images = self.upsampler.sample(images, steps=upsampler_steps, generator=generator,
+                                               progress="upsampler" if progress else None)
+        return UnCLIPOutput(to_output(images, output_type), z)
+
+
 def _check(prompts, n, sampler, output_type):
     if not prompts or any(not isinstance(p, str) for p in prompts):
         raise ValueError("prompt must be a string or a non-empty list of strings")
@@ -195,6 +266,18 @@ def _check(prompts, n, sampler, output_type):
         raise ValueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(f"output_type must be 'pil', 'np' or 'pt', not {output_type!r}")
+
+
+RANGES = {"steps": (1, 1000), "guidance_scale": (0.0, 100.0), "eta": (0.0, 1.0)}
+
+
+def check_ranges(**values) -> None:
+    """Each *_steps in 1..1000, *_guidance_scale in 0..100, eta in 0..1; one clear error otherwise."""
+    for name, v in values.items():
+        kind = next(k for k in RANGES if name.endswith(k))
+        lo, hi = RANGES[kind]
+        if not lo <= v <= hi or (kind == "steps" and int(v) != v):
+            raise ValueError(f"{name} must be {'an integer ' if kind == 'steps' else ''}between {lo} and {hi}, got {v}")
 
 
 def load(path: Path | None = None) -> UnCLIPPipeline:

@@ -66,7 +66,7 @@ class Prior(nn.Module):
 
     @torch.no_grad()
     def sample(self, text, empty, *, steps: int = 25, guidance_scale: float = 4.0, sampler: str = "ddpm",
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, progress: str | None = None) -> torch.Tensor:
         """One z_i per row of `text` (a TextEncoding; `empty` encodes ""), x0-prediction clipped to ±5σ."""
         from unclip.clip import TextEncoding
         from unclip.sampling import guided, make_scheduler, sample
@@ -81,7 +81,8 @@ class Prior(nn.Module):
 
         sched = make_scheduler(sampler, prediction_type="sample", clip_range=5.0)
         x = torch.randn(len(text), self.config.embedding_dim, generator=generator)
-        return self.unstandardize(sample(guided(denoise_pair, guidance_scale), x, sched, steps, generator))
+        return self.unstandardize(sample(guided(denoise_pair, guidance_scale), x, sched, steps, generator,
+                                               desc=progress))
 
     def save(self, directory: Path, dtype: torch.dtype = torch.float16) -> None:
         directory = Path(directory)

@@ -18,8 +18,9 @@ def make_scheduler(sampler: str, prediction_type: str = "epsilon", clip_range: f
     ddpm: `UnCLIPScheduler` (Karlo's; learned-range variance for the decoder, fixed-small otherwise).
     ddim: `DDIMScheduler`, trailing timesteps ending at ᾱ = 1.
     dpm++: `DPMSolverMultistepScheduler`, second order, trailing timesteps. Its first step starts
-    where ᾱ ≈ 2e-9, so an ε-predicted x0 carries the ε error times 1/√ᾱ ≈ 2e4: x0 is clipped to
-    ±clip_range there as DDIM and DDPM do (diffusers' thresholding with sample_max_value = range).
+    where ᾱ ≈ 2e-9, so an ε-predicted x0 carries the ε error times 1/√ᾱ ≈ 2e4: `sample` clips x0
+    to ±clip_range as DDIM and DDPM do (diffusers' own thresholding rescales instead of clipping
+    above range 1, and fails on (B, D) samples such as the prior's).
     """
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UnCLIPScheduler
 
@@ -31,11 +32,21 @@ def make_scheduler(sampler: str, prediction_type: str = "epsilon", clip_range: f
         return DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type, clip_sample=clip,
                              clip_sample_range=clip_range or 1.0, set_alpha_to_one=True, timestep_spacing="trailing")
     if sampler == "dpm++":
-        return DPMSolverMultistepScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
+        sched = DPMSolverMultistepScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
                                            algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
-                                           lower_order_final=True, thresholding=clip,
-                                           dynamic_thresholding_ratio=1.0, sample_max_value=clip_range or 1.0)
+                                           lower_order_final=True)
+        sched.x0_clip_range = clip_range  # applied by `sample`
+        return sched
     raise ValueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
+
+
+def _clip_x0(out, x, alpha_bar, prediction_type: str, r: float):
+    """The model output with its implied x0 clipped to ±r, in the same prediction space."""
+    if prediction_type == "sample":
+        return out.clamp(-r, r)
+    a, sigma = alpha_bar.sqrt().to(x), (1 - alpha_bar).sqrt().to(x)
+    x0 = ((x - sigma * out) / a).clamp(-r, r)
+    return (x - a * x0) / sigma
 
 
 def guided(denoise_pair, guidance_scale: float, split: int | None = None):
@@ -61,7 +72,7 @@ def sample(denoise, x: torch.Tensor, scheduler, steps: int, generator: torch.Gen
            eta: float = 0.0, desc: str | None = None, keep_channels: int | None = None) -> torch.Tensor:
     """Run `steps` steps from x_T. keep_channels: drop extra output channels (a learned variance)
     for schedulers that cannot use them."""
-    from diffusers import DDIMScheduler, UnCLIPScheduler
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UnCLIPScheduler
 
     if steps < 1 or (isinstance(scheduler, UnCLIPScheduler) and steps < 2):
         raise ValueError(f"steps must be at least {2 if isinstance(scheduler, UnCLIPScheduler) else 1}, got {steps}")
@@ -72,6 +83,8 @@ def sample(denoise, x: torch.Tensor, scheduler, steps: int, generator: torch.Gen
         out = denoise(x, t.to(x.device))
         if keep_channels and not learned:
             out = out[:, :keep_channels]
+        if isinstance(scheduler, DPMSolverMultistepScheduler) and getattr(scheduler, "x0_clip_range", None):
+            out = _clip_x0(out, x, scheduler.alphas_cumprod[t], scheduler.config.prediction_type, scheduler.x0_clip_range)
         if isinstance(scheduler, DDIMScheduler):
             x = scheduler.step(out, t, x, eta=eta, generator=generator).prev_sample
         elif isinstance(scheduler, UnCLIPScheduler):
