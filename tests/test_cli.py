@@ -135,3 +135,12 @@ def test_guided_pca_probe_and_empty_prompt_from_the_cli(tiny_model_dir, built_da
     assert Image.open(tmp_path / "p.png").size == (3 * 64, 64)
     r = subprocess.run([sys.executable, "-m", "unclip", "generate", "  ", "--model", str(model)], capture_output=True, text=True)
     assert r.returncode == 2 and "the prompt is empty" in r.stderr
+
+
+def test_bench_generate_json(tiny_model_dir, capsys):
+    assert main(["bench", "generate", "--model", str(tiny_model_dir), "--num-images", "1", "--repeats", "1",
+                 "--samplers", "ddpm,dpm++", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = {row["sampler"]: row for row in r["samplers"]}
+    assert rows["ddpm"]["decoder_steps"] == 50 and rows["dpm++"]["decoder_steps"] <= 50 / 4
+    assert rows["ddpm"]["time_vs_ddpm"] == 1.0 and rows["dpm++"]["seconds"] > 0 and r["peak_rss_mb"] > 0

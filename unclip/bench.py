@@ -98,3 +98,32 @@ def _build(stage: str, p: dict):
     from unclip.upsampler import Upsampler, UpsamplerConfig
 
     return Upsampler(UpsamplerConfig(**p))
+
+
+def bench_generate(model, samplers=("ddpm", "ddim", "dpm++"), num_images: int = 4, repeats: int = 2,
+                   prompt: str = "a grinning cat, 3D style") -> dict:
+    """Text -> image wall time per sampler at its default steps (sampling.DEFAULT_STEPS), in one
+    process: a warm-up call, then the best of `repeats` timed calls (the machines here are shared)."""
+    import resource
+
+    from unclip.pipeline import UnCLIPPipeline
+    from unclip.sampling import DEFAULT_STEPS
+
+    pipe = UnCLIPPipeline.from_pretrained(model)
+    pipe(prompt, 1, prior_steps=2, decoder_steps=2, upsampler_steps=2, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for sampler in samplers:
+        times = []
+        for r in range(repeats):
+            t = time.perf_counter()
+            pipe(prompt, num_images, sampler=sampler, generator=torch.Generator().manual_seed(r))
+            times.append(time.perf_counter() - t)
+        best = min(times)
+        rows.append({"sampler": sampler, **{f"{k}_steps": v for k, v in DEFAULT_STEPS[sampler].items()},
+                     "num_images": num_images, "seconds": round(best, 3), "seconds_per_image": round(best / num_images, 3),
+                     "upsampled": pipe.upsampler is not None})
+    base = next((r["seconds"] for r in rows if r["sampler"] == "ddpm"), None)
+    for r in rows:
+        r["time_vs_ddpm"] = round(r["seconds"] / base, 3) if base else None
+    return {"model": str(model), "threads": torch.get_num_threads(), "samplers": rows,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

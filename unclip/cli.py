@@ -87,6 +87,28 @@ def _bench_train(a) -> int:
     return 0
 
 
+def _bench_generate(a) -> int:
+    import torch
+
+    from unclip.bench import bench_generate
+    from unclip.models import default_model_dir
+
+    model = a.model or default_model_dir()
+    if model is None:
+        raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    r = bench_generate(model, a.samplers.split(","), a.num_images, a.repeats)
+    if a.json:
+        print(json.dumps(r))
+    else:
+        for row in r["samplers"]:
+            print(f"{row['sampler']:>6} {row['prior_steps']:>3}/{row['decoder_steps']:>3}/{row['upsampler_steps']:>2} steps  "
+                  f"{row['seconds']:7.2f} s  {row['seconds_per_image']:6.2f} s/image  ×{row['time_vs_ddpm']} of ddpm")
+        print(f"peak RSS {r['peak_rss_mb']} MB, {r['threads']} threads")
+    return 0
+
+
 def _presets(a) -> int:
     from unclip.bench import preset_table
 
@@ -113,12 +135,15 @@ def _generate(a) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     pipe = UnCLIPPipeline.from_pretrained(model)
-    params = {"prompt": a.prompt, "seed": a.seed, "num_images": a.num_images, "prior": a.prior,
-              "prior_steps": a.prior_steps, "decoder_steps": a.decoder_steps, "upsampler_steps": a.upsampler_steps,
+    from unclip.sampling import DEFAULT_STEPS
+
+    d = DEFAULT_STEPS.get(a.sampler, {})
+    steps = {f"{k}_steps": v if v is not None else d.get(k) for k, v in
+             (("prior", a.prior_steps), ("decoder", a.decoder_steps), ("upsampler", a.upsampler_steps))}
+    params = {"prompt": a.prompt, "seed": a.seed, "num_images": a.num_images, "prior": a.prior, **steps,
               "prior_guidance_scale": a.prior_guidance, "decoder_guidance_scale": a.decoder_guidance,
               "sampler": a.sampler, "eta": a.eta, "best_of": a.best_of, "model": str(model), "model_hash": model_hash(model)}
-    out = pipe(a.prompt, a.num_images, prior_steps=a.prior_steps, decoder_steps=a.decoder_steps,
-               upsampler_steps=a.upsampler_steps, prior_guidance_scale=a.prior_guidance,
+    out = pipe(a.prompt, a.num_images, **steps, prior_guidance_scale=a.prior_guidance,
                decoder_guidance_scale=a.decoder_guidance, sampler=a.sampler, eta=a.eta, best_of=a.best_of,
                prior=a.prior, upsample=not a.no_upsample, generator=torch.Generator().manual_seed(a.seed), progress=True)
     save_png(grid(out.images), a.out, params)
@@ -370,9 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
     g.add_argument("--prior", choices=("diffusion", "ar"), default="diffusion")
     g.add_argument("--best-of", type=int, default=2, help="prior samples per image; keeps the closest to the text")
-    g.add_argument("--prior-steps", type=int, default=25)
-    g.add_argument("--decoder-steps", type=int, default=25)
-    g.add_argument("--upsampler-steps", type=int, default=7)
+    g.add_argument("--prior-steps", type=int, help="default: the sampler's (ddpm 25, ddim 25, dpm++ 6)")
+    g.add_argument("--decoder-steps", type=int, help="default: the sampler's (ddpm 50, ddim 25, dpm++ 12)")
+    g.add_argument("--upsampler-steps", type=int, help="default: the sampler's (ddpm 7, ddim 7, dpm++ 2)")
     g.add_argument("--prior-guidance", type=float, default=4.0)
     g.add_argument("--decoder-guidance", type=float, default=8.0)
     g.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
@@ -448,6 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--threads", type=int, default=0)
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(fn=_bench_train)
+    bg = bench.add_parser("generate", help="text -> image time per sampler at its default steps")
+    bg.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    bg.add_argument("--samplers", default="ddpm,ddim,dpm++")
+    bg.add_argument("--num-images", type=int, default=4)
+    bg.add_argument("--repeats", type=int, default=2, help="timed calls per sampler; the best is kept")
+    bg.add_argument("--threads", type=int, default=0)
+    bg.add_argument("--json", action="store_true")
+    bg.set_defaults(fn=_bench_generate)
     return p
 
 

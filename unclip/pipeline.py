@@ -13,7 +13,7 @@ import torch
 
 from unclip.clip import TextEncoding
 from unclip.images import to_output
-from unclip.sampling import SAMPLERS
+from unclip.sampling import DEFAULT_STEPS, SAMPLERS
 
 
 @dataclass
@@ -197,13 +197,18 @@ class UnCLIPPipeline:
 
     # -- text to image ------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, prior_steps: int = 25,
-                 decoder_steps: int = 25, upsampler_steps: int = 7, prior_guidance_scale: float = 4.0,
+    def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, prior_steps: int | None = None,
+                 decoder_steps: int | None = None, upsampler_steps: int | None = None, prior_guidance_scale: float = 4.0,
                  decoder_guidance_scale: float = 8.0, sampler: str = "ddim", eta: float = 0.0, best_of: int = 2,
                  prior: str = "diffusion", upsample: bool = True, generator: torch.Generator | None = None,
                  output_type: str = "pil", progress: bool = False) -> UnCLIPOutput:
+        """Text -> images. Steps left as None take the sampler's defaults (sampling.DEFAULT_STEPS)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         _check(prompts, num_images_per_prompt, sampler, output_type)
+        d = DEFAULT_STEPS[sampler]
+        prior_steps = d["prior"] if prior_steps is None else prior_steps
+        decoder_steps = d["decoder"] if decoder_steps is None else decoder_steps
+        upsampler_steps = d["upsampler"] if upsampler_steps is None else upsampler_steps
         check_ranges(prior_steps=prior_steps, decoder_steps=decoder_steps, upsampler_steps=upsampler_steps,
                      prior_guidance_scale=prior_guidance_scale, decoder_guidance_scale=decoder_guidance_scale, eta=eta)
         text, empty = self.encode_prompt(prompts)

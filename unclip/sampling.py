@@ -10,6 +10,14 @@ from tqdm.auto import tqdm
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 
+# Steps per stage when a call names none. DDPM: Karlo's (25 prior, 50 decoder, 6 + 1 upsampler);
+# DDIM: diffusers' UnCLIPPipeline 25/25/7; DPM-Solver++: at most a quarter of DDPM's.
+DEFAULT_STEPS = {
+    "ddpm": {"prior": 25, "decoder": 50, "upsampler": 7},
+    "ddim": {"prior": 25, "decoder": 25, "upsampler": 7},
+    "dpm++": {"prior": 6, "decoder": 12, "upsampler": 2},
+}
+
 
 def make_scheduler(sampler: str, prediction_type: str = "epsilon", clip_range: float | None = 1.0,
                    learned_variance: bool = False):
