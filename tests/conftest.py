@@ -191,3 +191,73 @@ def tiny_model_dir(tmp_path_factory, tiny_clip_dir):
     ar.quantizer.fit(z, torch.rand(64))
     ar.save(d)
     return d
+
+
+def tiny_clip_tokenizer(max_length: int = 16):
+    """A CLIPTokenizer over single characters (no hub here): enough to tokenize test prompts."""
+    import string
+
+    from transformers import CLIPTokenizer
+
+    chars = list(string.ascii_lowercase) + [",", "."]
+    vocab = {t: i for i, t in enumerate(["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars])}
+    return CLIPTokenizer(vocab=vocab, merges=[], pad_token="<|endoftext|>", model_max_length=max_length)
+
+
+@pytest.fixture(scope="session")
+def karlo_dir(tmp_path_factory):
+    """A tiny random UnCLIPPipeline in Karlo's diffusers layout, saved by diffusers itself (as its
+    deleted tests/pipelines/unclip/test_unclip.py built one), plus image_encoder/ in a copy."""
+    import shutil
+
+    import torch
+    from diffusers import PriorTransformer, UNet2DConditionModel, UNet2DModel, UnCLIPPipeline, UnCLIPScheduler
+    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,
+                              CLIPVisionModelWithProjection)
+
+    torch.manual_seed(0)
+    tok = tiny_clip_tokenizer(16)
+    text = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=32, num_layers=1, num_embeddings=16)
+    text_proj = UnCLIPTextProjModel(clip_extra_context_tokens=2, clip_embeddings_dim=32, time_embed_dim=128,
+                                    cross_attention_dim=48)
+    decoder = UNet2DConditionModel(
+        sample_size=16, in_channels=3, out_channels=6, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"), mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        cross_attention_dim=48, attention_head_dim=8, resnet_time_scale_shift="scale_shift", class_embed_type="identity")
+    sr = dict(sample_size=32, layers_per_block=1, block_out_channels=(32, 64), in_channels=6, out_channels=3,
+              down_block_types=("ResnetDownsampleBlock2D",) * 2, up_block_types=("ResnetUpsampleBlock2D",) * 2)
+    first, last = UNet2DModel(**sr), UNet2DModel(**sr)
+    with torch.no_grad():  # parameters diffusers initialises to constants get random values, so they count
+        prior.clip_mean.normal_(0, 0.5)
+        prior.clip_std.uniform_(0.5, 1.5)
+        prior.prd_embedding.normal_(0, 0.5)
+        text_proj.learned_classifier_free_guidance_embeddings.normal_(0, 0.5)
+        for m in (decoder, first, last):
+            for p in m.parameters():
+                if p.abs().sum() == 0:
+                    p.normal_(0, 0.05)
+    pipe = UnCLIPPipeline(
+        prior=prior, decoder=decoder, text_encoder=text, tokenizer=tok, text_proj=text_proj, super_res_first=first,
+        super_res_last=last,
+        prior_scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample", clip_sample_range=5.0),
+        decoder_scheduler=UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon"),
+        super_res_scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="epsilon"))
+    d = tmp_path_factory.mktemp("karlo") / "karlo"
+    pipe.save_pretrained(d, safe_serialization=True)
+    full = d.parent / "karlo-with-image-encoder"
+    shutil.copytree(d, full)
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, projection_dim=32, intermediate_size=37,
+                                                            num_attention_heads=4, num_hidden_layers=2, image_size=32,
+                                                            patch_size=4)).eval()
+    vision.save_pretrained(full / "image_encoder", safe_serialization=True)
+    CLIPImageProcessor(crop_size=32, size=32).save_pretrained(full / "feature_extractor")
+    index = json.loads((full / "model_index.json").read_text())
+    index.update(image_encoder=["transformers", "CLIPVisionModelWithProjection"],
+                 feature_extractor=["transformers", "CLIPImageProcessor"])
+    (full / "model_index.json").write_text(json.dumps(index, indent=2))
+    return d

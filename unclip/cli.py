@@ -196,6 +196,15 @@ def _pca(a) -> int:
     return 0
 
 
+def _export(a) -> int:
+    from unclip.interop import export_diffusers
+
+    pipe, model = _load_pipe(a)
+    out = export_diffusers(pipe, a.out)
+    print(f"wrote {out} (diffusers UnCLIPPipeline layout; load it with `import unclip.interop` first)")
+    return 0
+
+
 def _check_prompt(prompt: str) -> None:
     if not prompt.strip():
         raise ValueError("the prompt is empty; give a description such as \"a grinning cat, 3D style\"")
@@ -452,6 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "pca_probe.png")
     pb.add_argument("image", type=Path)
     pb.add_argument("--ks", default="1,2,4,8,16,32,64,384", help="comma-separated component counts")
+
+    ex = sub.add_parser("export", help="write a model in another format").add_subparsers(dest="export_format", required=True)
+    exd = ex.add_parser("diffusers", help="diffusers' UnCLIPPipeline layout (Karlo's), fp32 safetensors")
+    exd.add_argument("out", type=Path)
+    exd.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    exd.add_argument("--threads", type=int, default=0)
+    exd.set_defaults(fn=_export)
 
     pc = sub.add_parser("pca", help="fit the PCA of the training split's z_i into the model directory (for `probe`)")
     pc.add_argument("--model", type=Path, help="model directory (default: the shipped model)")

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unclip.conditioning import ConditionedTask
-from unclip.weights import save_diffusers
+from unclip.weights import load_diffusers_module, save_diffusers
 
 
 @dataclass
@@ -68,6 +68,21 @@ class Decoder(nn.Module):
             clip_extra_context_tokens=config.clip_extra_context_tokens, clip_embeddings_dim=config.clip_embed_dim,
             time_embed_dim=config.time_embed_dim, cross_attention_dim=config.cross_attention_dim,
         )
+
+    @classmethod
+    def wrap(cls, unet, text_proj) -> "Decoder":
+        """An existing diffusers UNet2DConditionModel + UnCLIPTextProjModel (e.g. Karlo's), weights shared."""
+        c = unet.config
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.config = DecoderConfig(
+            sample_size=c.sample_size, block_out_channels=c.block_out_channels, layers_per_block=c.layers_per_block,
+            attention_levels=sum("CrossAttn" in b for b in c.down_block_types), attention_head_dim=c.attention_head_dim,
+            cross_attention_dim=c.cross_attention_dim, clip_embed_dim=text_proj.config.clip_embeddings_dim,
+            clip_extra_context_tokens=text_proj.config.clip_extra_context_tokens, norm_num_groups=c.norm_num_groups,
+            learned_variance=c.out_channels == 2 * c.in_channels)
+        self.unet, self.text_proj = unet, text_proj
+        return self.eval()
 
     @property
     def null_image_embed(self) -> torch.Tensor:
@@ -177,8 +192,8 @@ class Decoder(nn.Module):
         from diffusers import UNet2DConditionModel
         from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
 
-        unet = UNet2DConditionModel.from_pretrained(Path(directory) / "decoder", use_safetensors=True)
-        proj = UnCLIPTextProjModel.from_pretrained(Path(directory) / "text_proj", use_safetensors=True)
+        unet = load_diffusers_module(UNet2DConditionModel, Path(directory) / "decoder")
+        proj = load_diffusers_module(UnCLIPTextProjModel, Path(directory) / "text_proj")
         self.unet.load_state_dict({k: v.float() for k, v in unet.state_dict().items()})
         self.text_proj.load_state_dict({k: v.float() for k, v in proj.state_dict().items()})
 

@@ -36,6 +36,10 @@ class UnCLIPPipeline:
         path = Path(path).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"no model directory at {path}")
+        from unclip.interop import is_diffusers_dir, load_diffusers
+
+        if is_diffusers_dir(path):
+            return load_diffusers(path)
         parts = {"clip": load_clip(path)}
         if (path / "prior_config.json").exists():
             from unclip.prior import Prior
@@ -222,7 +226,7 @@ class UnCLIPPipeline:
                                      sampler=sampler, eta=eta, generator=generator,
                                      progress="decoder" if progress else None)
         if upsample and self.upsampler is not None:
-            images = self.upsampler.sample(images, steps=upsampler_steps, generator=generator,
+            images = self.upsampler.sample(images, steps=upsampler_steps, sampler=sampler, generator=generator,
                                            progress="upsampler" if progress else None)
         return UnCLIPOutput(to_output(images, output_type), z_i)
 

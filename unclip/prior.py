@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from unclip.conditioning import ConditionedTask
-from unclip.weights import save_diffusers
+from unclip.weights import load_diffusers_module, save_diffusers
 
 
 @dataclass
@@ -47,6 +47,17 @@ class Prior(nn.Module):
             self.transformer.clip_std.fill_(1.0)
         self.transformer.clip_mean.requires_grad_(False)  # dataset statistics, not learned
         self.transformer.clip_std.requires_grad_(False)
+
+    @classmethod
+    def wrap(cls, transformer) -> "Prior":
+        """An existing diffusers PriorTransformer (e.g. Karlo's) as our Prior, weights shared."""
+        c = transformer.config
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.config = PriorConfig(num_attention_heads=c.num_attention_heads, attention_head_dim=c.attention_head_dim,
+                                  num_layers=c.num_layers, embedding_dim=c.embedding_dim, num_embeddings=c.num_embeddings)
+        self.transformer = transformer
+        return self.eval()
 
     def set_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
         with torch.no_grad():
@@ -100,7 +111,7 @@ class Prior(nn.Module):
     def load_weights(self, directory: Path) -> None:
         from diffusers import PriorTransformer
 
-        t = PriorTransformer.from_pretrained(Path(directory) / "prior", use_safetensors=True)
+        t = load_diffusers_module(PriorTransformer, Path(directory) / "prior")
         self.transformer.load_state_dict({k: v.float() for k, v in t.state_dict().items()})
 
 

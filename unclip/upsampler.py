@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from unclip.weights import save_diffusers
+from unclip.weights import load_diffusers_module, save_diffusers
 
 
 @dataclass
@@ -45,9 +45,23 @@ class Upsampler(nn.Module):
             add_attention=False, norm_num_groups=config.norm_num_groups,
         )
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, low_res_upsampled: torch.Tensor) -> torch.Tensor:
+        self.last_unet = None  # Karlo's second copy, used for the last step only (super_res_last)
+
+    @classmethod
+    def wrap(cls, unet, last_unet=None, factor: int = 4) -> "Upsampler":
+        """Existing diffusers UNet2DModels (Karlo's super_res_first and super_res_last), weights shared."""
+        c = unet.config
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.config = UpsamplerConfig(factor=factor, sample_size=c.sample_size, block_out_channels=c.block_out_channels,
+                                      layers_per_block=c.layers_per_block, norm_num_groups=c.norm_num_groups)
+        self.unet, self.last_unet = unet, last_unet
+        return self.eval()
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, low_res_upsampled: torch.Tensor, last: bool = False) -> torch.Tensor:
         """x_t (B,3,H,W), t (B,), upsampled condition (B,3,H,W) -> predicted ε (B,3,H,W)."""
-        return self.unet(torch.cat([x_t, low_res_upsampled], dim=1), t).sample
+        unet = self.last_unet if last and self.last_unet is not None else self.unet
+        return unet(torch.cat([x_t, low_res_upsampled], dim=1), t).sample
 
     @torch.no_grad()
     def sample(self, images: torch.Tensor, *, steps: int = 7, sampler: str = "ddim",
@@ -59,8 +73,11 @@ class Upsampler(nn.Module):
         size = images.shape[-1] * self.config.factor
         cond = upsample(images, size)
         x = torch.randn(len(images), 3, size, size, generator=generator)
-        x = sample(lambda x, t: self(x, t.expand(len(x)), cond), x, make_scheduler(sampler, "epsilon", 1.0), steps,
-                   generator, desc=progress)
+        sched = make_scheduler(sampler, "epsilon", 1.0)
+        sched.set_timesteps(steps)
+        last_t = sched.timesteps[-1]
+        x = sample(lambda x, t: self(x, t.expand(len(x)), cond, last=bool(t == last_t)), x, sched, steps, generator,
+                   desc=progress)
         return x.clamp(-1, 1)
 
     def save(self, directory: Path, name: str = "super_res_first", dtype: torch.dtype = torch.float16) -> None:
@@ -79,7 +96,7 @@ class Upsampler(nn.Module):
     def load_weights(self, directory: Path, name: str = "super_res_first") -> None:
         from diffusers import UNet2DModel
 
-        unet = UNet2DModel.from_pretrained(Path(directory) / name, use_safetensors=True)
+        unet = load_diffusers_module(UNet2DModel, Path(directory) / name)
         self.unet.load_state_dict({k: v.float() for k, v in unet.state_dict().items()})
 
 

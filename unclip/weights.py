@@ -10,14 +10,28 @@ from unclip.fsutil import atomic_path
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 
 
+def _pickle_error(path: Path) -> ValueError:
+    return ValueError(
+        f"{path} is a pickle-based checkpoint, which can run arbitrary code when loaded; unclip reads only "
+        "safetensors. Convert it once, in a trusted environment, by loading it with torch (weights_only=True) "
+        "and writing the state dict with safetensors.torch.save_file"
+    )
+
+
+def refuse_pickles(directory: Path) -> None:
+    """A model folder whose weights exist only as pickles (.bin, .ckpt, ...) is refused, saying how to convert."""
+    directory = Path(directory)
+    if not directory.is_dir() or any(directory.glob("*.safetensors")):
+        return
+    pickles = sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise _pickle_error(pickles[0])
+
+
 def load_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.suffix in PICKLE_SUFFIXES:
-        raise ValueError(
-            f"{path} is a pickle-based checkpoint, which can run arbitrary code when loaded; unclip reads only "
-            "safetensors. Convert it once, in a trusted environment, by loading it with torch (weights_only=True) "
-            "and writing the state dict with safetensors.torch.save_file"
-        )
+        raise _pickle_error(path)
     if not path.exists():
         raise FileNotFoundError(f"missing weights file {path}")
     return load_file(path, device=device)
@@ -36,3 +50,32 @@ def save_diffusers(module, directory: Path, half: bool = True) -> None:
 
     out = copy.deepcopy(module)
     (out.half() if half else out.float()).save_pretrained(Path(directory), safe_serialization=True)
+
+
+def load_diffusers_module(cls, folder: Path):
+    """`cls.from_pretrained(folder)` (a diffusers or transformers model), safetensors only, and every
+    tensor accounted for: diffusers fills missing tensors with random values and only warns, so the
+    file's names and shapes are checked against the model's, and a difference is an error naming them."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    refuse_pickles(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights in {folder}")
+    try:
+        model = cls.from_pretrained(folder, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{folder}: {str(e).splitlines()[0]}") from None
+    stored = {}
+    for f in files:
+        with safe_open(str(f), "pt") as fh:
+            stored.update({k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()})
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(stored))
+    shapes = sorted(k for k in set(expected) & set(stored) if expected[k] != stored[k])
+    if missing or shapes:
+        what = [f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"] if missing else []
+        what += [f"shape of {k}: {stored[k]} in the file, {expected[k]} in the model" for k in shapes[:5]]
+        raise ValueError(f"{folder} does not match its config: " + "; ".join(what))
+    return model.float().eval()
