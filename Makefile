@@ -30,8 +30,9 @@ demo: install
 	$(BIN)/unclip data build --limit 48 --out $(DEMO_DIR)/demo-data
 	$(BIN)/unclip data show --data $(DEMO_DIR)/demo-data --out $(DEMO_DIR)/demo.png
 
-# The whole unit suite, offline, on the CPU.
+# The whole unit suite, offline, on the CPU (Debian chromium for the web page test).
 test: install-dev
+	scripts/install_chromium.sh
 	$(BIN)/python -m pytest
 
 # The full dataset (network: the npm registry), into ~/.cache/unclip/data/emoji.

@@ -123,7 +123,10 @@ class ARPrior(nn.Module):
         codes, past, x, mask = [], None, e, m.long()
         from tqdm.auto import tqdm
 
-        for _ in tqdm(range(self.dims), desc=progress, disable=progress is None, leave=False):
+        from unclip.sampling import report_step
+
+        for j in tqdm(range(self.dims), desc=progress, disable=progress is None, leave=False):
+            report_step(progress, j, self.dims)
             out = self.gpt(inputs_embeds=x, attention_mask=mask, past_key_values=past, use_cache=True)
             past = out.past_key_values
             probs = F.softmax(self.head(out.last_hidden_state[:, -1]).float() / temperature, -1)

@@ -109,6 +109,37 @@ def _bench_generate(a) -> int:
     return 0
 
 
+def _bench_serve(a) -> int:
+    from unclip.models import default_model_dir
+    from unclip.serve.fuzz import GOOD, fuzz, load, start_server
+
+    model = a.model or default_model_dir()
+    if model is None:
+        raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    key = "bench-key"
+    proc, url = start_server(model, "--max-queue", str(a.max_queue), "--api-key", key, threads=a.threads)
+    try:
+        body = {**GOOD, "decoder_steps": a.decoder_steps, "prior_steps": a.prior_steps, "upsampler_steps": 2}
+        r = {"model": str(model), "load": load(url, a.clients, a.seconds, body, api_key=key)}
+        if a.fuzz:
+            f = fuzz(url, a.fuzz, api_key=key)
+            r["fuzz"] = {k: v for k, v in f.items() if k != "unexpected"} | {"unexpected": f["unexpected"][:10]}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    if a.json:
+        print(json.dumps(r))
+    else:
+        ld = r["load"]
+        print(f"load: {ld['clients']} clients × {ld['seconds']} s: {ld['completed']} jobs done, p50 {ld['p50_s']} s, "
+              f"p95 {ld['p95_s']} s, 429s {ld['429']}, 5xx {ld['5xx']}, errors {ld['errors']}, timeouts {ld['timeouts']}")
+        if "fuzz" in r:
+            fz = r["fuzz"]
+            print(f"fuzz: {fz['requests']} malformed requests: 4xx {fz['4xx']}, 2xx {fz['2xx']}, 5xx {fz['5xx']}, "
+                  f"errors {fz['errors']}, healthy after: {fz['healthy_after']}; by status {fz['by_status']}")
+    return 0
+
+
 def _presets(a) -> int:
     from unclip.bench import preset_table
 
@@ -202,6 +233,26 @@ def _export(a) -> int:
     pipe, model = _load_pipe(a)
     out = export_diffusers(pipe, a.out)
     print(f"wrote {out} (diffusers UnCLIPPipeline layout; load it with `import unclip.interop` first)")
+    return 0
+
+
+def _serve(a) -> int:
+    import os
+
+    from unclip.serve import serve
+    from unclip.serve.app import Limits
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise RuntimeError("serving needs the serve extra: pip install 'unclip[serve]'") from None
+    key = a.api_key or os.environ.get("UNCLIP_API_KEY") or None
+    if a.host not in ("127.0.0.1", "localhost", "::1") and not key:
+        print(f"warning: serving on {a.host} without an API key; anyone who can reach it can use it", file=sys.stderr)
+    limits = Limits(max_queue=a.max_queue, max_images=a.max_images, max_steps=a.max_steps,
+                    max_upload_bytes=int(a.max_upload_mb * 2**20), max_pixels=a.max_pixels)
+    serve(a.model, a.host, a.port, key, limits, a.threads)
     return 0
 
 
@@ -469,6 +520,19 @@ def build_parser() -> argparse.ArgumentParser:
     exd.add_argument("--threads", type=int, default=0)
     exd.set_defaults(fn=_export)
 
+    sv = sub.add_parser("serve", help="REST API (+ A1111 txt2img) and a web page, on one model worker")
+    sv.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", help="require this key (default: $UNCLIP_API_KEY; none: open)")
+    sv.add_argument("--max-queue", type=int, default=8, help="jobs waiting before requests get 429")
+    sv.add_argument("--max-images", type=int, default=8, help="images per request")
+    sv.add_argument("--max-steps", type=int, default=100, help="steps per stage per request")
+    sv.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body")
+    sv.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest uploaded image (width × height)")
+    sv.add_argument("--threads", type=int, default=0)
+    sv.set_defaults(fn=_serve)
+
     pc = sub.add_parser("pca", help="fit the PCA of the training split's z_i into the model directory (for `probe`)")
     pc.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
     pc.add_argument("--data", type=Path, default=default_data_dir())
@@ -497,6 +561,17 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--threads", type=int, default=0)
     bg.add_argument("--json", action="store_true")
     bg.set_defaults(fn=_bench_generate)
+    bs = bench.add_parser("serve", help="a real server on loopback: concurrent clients, then a fuzz run")
+    bs.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    bs.add_argument("--clients", type=int, default=4)
+    bs.add_argument("--seconds", type=float, default=30.0)
+    bs.add_argument("--max-queue", type=int, default=4, help="the server's queue bound (small, to see 429s)")
+    bs.add_argument("--prior-steps", type=int, default=6)
+    bs.add_argument("--decoder-steps", type=int, default=6)
+    bs.add_argument("--fuzz", type=int, default=500, help="malformed requests after the load (0: none)")
+    bs.add_argument("--threads", type=int, default=0, help="the server's torch threads")
+    bs.add_argument("--json", action="store_true")
+    bs.set_defaults(fn=_bench_serve)
     return p
 
 

@@ -148,7 +148,7 @@ class Decoder(nn.Module):
         """
         from tqdm.auto import tqdm
 
-        from unclip.sampling import make_scheduler
+        from unclip.sampling import make_scheduler, report_step
 
         eps_fn = self.guided_denoiser(image_embeds, text, empty, guidance_scale)
         sched = make_scheduler("ddim")
@@ -164,6 +164,7 @@ class Decoder(nn.Module):
                 eps = eps_fn(x_next, t)[:, :3]
                 x_next = self._ddim_move(x, eps, a_prev, a_t)
             x, a_prev, t_prev = x_next, a_t, t
+            report_step(progress, int((ts <= t).sum()), len(ts))
         return x
 
     @staticmethod

@@ -18,13 +18,16 @@ def grid(images: list[Image.Image], cols: int | None = None) -> Image.Image:
     return out
 
 
-def save_png(image: Image.Image, path: Path, parameters: dict) -> None:
+def save_png(image: Image.Image, path, parameters: dict) -> None:
     """PNG with a `parameters` text chunk (prompt, seed, steps, sampler, model hash, ...) and the
     IPTC digital-source-type marking it as AI-generated (trainedAlgorithmicMedia)."""
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", json.dumps(parameters, sort_keys=True))
     info.add_text("Software", "unclip")
     info.add_text("DigitalSourceType", "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia")
+    if hasattr(path, "write"):  # a file object (the server's responses)
+        image.save(path, format="PNG", pnginfo=info)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, pnginfo=info)

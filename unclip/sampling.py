@@ -5,8 +5,30 @@ prior, ε for the decoder and upsamplers); `sample` runs the loop. Classifier-fr
 wrapper around `denoise` (`guided`), so every sampler gets it for free.
 """
 
+import contextvars
+from contextlib import contextmanager
+
 import torch
 from tqdm.auto import tqdm
+
+_step_hook = contextvars.ContextVar("unclip_step_hook", default=None)
+
+
+@contextmanager
+def step_hook(fn):
+    """Call fn(stage, step, steps) after every sampling step run inside the block, in this thread
+    (the server's progress and cancellation: fn may raise to stop the run)."""
+    token = _step_hook.set(fn)
+    try:
+        yield
+    finally:
+        _step_hook.reset(token)
+
+
+def report_step(stage: str | None, step: int, steps: int) -> None:
+    fn = _step_hook.get()
+    if fn is not None:
+        fn(stage, step, steps)
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 
@@ -100,4 +122,5 @@ def sample(denoise, x: torch.Tensor, scheduler, steps: int, generator: torch.Gen
             x = scheduler.step(out, t, x, prev_timestep=prev, generator=generator).prev_sample
         else:
             x = scheduler.step(out, t, x, generator=generator).prev_sample
+        report_step(desc, i + 1, len(timesteps))
     return x

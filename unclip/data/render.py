@@ -36,12 +36,14 @@ def render_svg(data: bytes, size: int) -> Image.Image:
     return Image.open(io.BytesIO(png))
 
 
-def open_raster(data: bytes) -> Image.Image:
+def open_raster(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode a raster image fully; anything unreadable, truncated or over `max_pixels` is CorruptImage
+    (the size is read from the header, before any pixel is decoded: no decompression bombs)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
-            if im.width * im.height > MAX_PIXELS:
+            if im.width * im.height > max_pixels:
                 raise CorruptImage(f"{im.width}x{im.height} is over the pixel limit")
             im.load()  # decodes now, so truncation is caught here
     except CorruptImage:

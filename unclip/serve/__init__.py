@@ -1,0 +1,19 @@
+"""`unclip serve`: a REST API with a job queue and a web page (FastAPI + uvicorn; see app.py)."""
+
+
+def serve(model_dir=None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, limits=None,
+          threads: int = 0, log_level: str = "info") -> None:
+    import torch
+    import uvicorn
+
+    from unclip.models import default_model_dir
+    from unclip.pipeline import UnCLIPPipeline
+    from unclip.serve.app import create_app
+
+    model_dir = model_dir or default_model_dir()
+    if model_dir is None:
+        raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    if threads:
+        torch.set_num_threads(threads)
+    app = create_app(UnCLIPPipeline.from_pretrained(model_dir), model_dir, limits, api_key)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5, limit_concurrency=256)
