@@ -256,6 +256,35 @@ def _serve(a) -> int:
     return 0
 
 
+def _eval(a) -> int:
+    from unclip.conditioning import load_clip_dir
+    from unclip.evaluate import evaluate
+    from unclip.paths import runs_dir
+
+    pipe, model = _load_pipe(a)
+    judge_dir = a.judge or runs_dir() / "judge" / "model"
+    if not (Path(judge_dir) / "clip.safetensors").exists():
+        raise FileNotFoundError(f"no judge at {judge_dir}: train one with `unclip train clip --preset judge --seed 1 "
+                                "--option subset=0.9 --out ~/.cache/unclip/runs/judge` or pass --judge DIR")
+    kw = {"sampler": a.sampler}
+    for k in ("prior_steps", "decoder_steps", "upsampler_steps"):
+        if getattr(a, k) is not None:
+            kw[k] = getattr(a, k)
+    r = evaluate(pipe, load_clip_dir(judge_dir), a.data, n=a.n, diversity_prompts=a.diversity_prompts,
+                 diversity_samples=a.diversity_samples, seed=a.seed, generate_kwargs=kw)
+    r["model"], r["judge"] = str(model), str(judge_dir)
+    if a.json:
+        print(json.dumps(r))
+        return 0
+    for split, m in r["splits"].items():
+        print(f"{split:<17} FD {m['fd']:.3f} [{m['fd_ci95'][0]:.3f}, {m['fd_ci95'][1]:.3f}]  precision {m['precision']:.3f}  "
+              f"recall {m['recall']:.3f}  CLIP score {m['clip_score']:.3f} (real {m['clip_score_real']:.3f})  "
+              f"top-1 {m['top1']:.3f} / top-5 {m['top5']:.3f} (real {m['top1_real']:.3f} / {m['top5_real']:.3f})")
+    d = r["diversity"]
+    print(f"diversity (1 - cos within a prompt): generated {d['generated']:.3f}, real within a concept {d['real']:.3f}")
+    return 0
+
+
 def _check_prompt(prompt: str) -> None:
     if not prompt.strip():
         raise ValueError("the prompt is empty; give a description such as \"a grinning cat, 3D style\"")
@@ -519,6 +548,22 @@ def build_parser() -> argparse.ArgumentParser:
     exd.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
     exd.add_argument("--threads", type=int, default=0)
     exd.set_defaults(fn=_export)
+
+    ev = sub.add_parser("eval", help="generated vs real held-out images under an independent judge")
+    ev.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    ev.add_argument("--judge", type=Path, help="judge CLIP directory (default: ~/.cache/unclip/runs/judge/model)")
+    ev.add_argument("--data", type=Path, default=default_data_dir())
+    ev.add_argument("--n", type=int, default=64, help="prompts per held-out split")
+    ev.add_argument("--diversity-prompts", type=int, default=8)
+    ev.add_argument("--diversity-samples", type=int, default=4)
+    ev.add_argument("--sampler", default="ddim")
+    ev.add_argument("--prior-steps", type=int)
+    ev.add_argument("--decoder-steps", type=int)
+    ev.add_argument("--upsampler-steps", type=int)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--threads", type=int, default=0)
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(fn=_eval)
 
     sv = sub.add_parser("serve", help="REST API (+ A1111 txt2img) and a web page, on one model worker")
     sv.add_argument("--model", type=Path, help="model directory (default: the shipped model)")

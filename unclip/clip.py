@@ -116,21 +116,34 @@ class CLIPConfig:
     layers: int = 6
     heads: int = 4
     text_width: int = 384
+    image_tower: str = "vit"  # "vit" | "convnext" (the evaluation judge: another architecture)
+    depths: tuple[int, ...] = (2, 2, 4, 2)  # convnext stages
+    hidden_sizes: tuple[int, ...] = (32, 64, 128, 256)
+
+    def __post_init__(self):
+        self.depths, self.hidden_sizes = tuple(self.depths), tuple(self.hidden_sizes)
+        if self.image_tower not in ("vit", "convnext"):
+            raise ValueError(f"image_tower must be 'vit' or 'convnext', not {self.image_tower!r}")
 
 
 class LockedTextCLIP(nn.Module):
-    """Trainable parts: the ViT image tower, both projections and the temperature."""
+    """Trainable parts: the image tower (a ViT; a ConvNeXt for the judge), both projections and the temperature."""
 
     def __init__(self, config: CLIPConfig, text_tower: TextTower | None = None):
         super().__init__()
-        from transformers import ViTConfig, ViTModel
+        from transformers import ConvNextConfig, ConvNextModel, ViTConfig, ViTModel
 
         self.config = config
-        vit = ViTConfig(image_size=config.image_size, patch_size=config.patch_size, hidden_size=config.width,
-                        num_hidden_layers=config.layers, num_attention_heads=config.heads,
-                        intermediate_size=4 * config.width, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        self.visual = ViTModel(vit, add_pooling_layer=False)
-        self.visual_proj = nn.Linear(config.width, config.embed_dim, bias=False)
+        if config.image_tower == "convnext":
+            cnx = ConvNextConfig(image_size=config.image_size, depths=list(config.depths), num_stages=len(config.depths),
+                                 hidden_sizes=list(config.hidden_sizes), drop_path_rate=0.0)
+            self.visual, width = ConvNextModel(cnx), config.hidden_sizes[-1]
+        else:
+            vit = ViTConfig(image_size=config.image_size, patch_size=config.patch_size, hidden_size=config.width,
+                            num_hidden_layers=config.layers, num_attention_heads=config.heads,
+                            intermediate_size=4 * config.width, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            self.visual, width = ViTModel(vit, add_pooling_layer=False), config.width
+        self.visual_proj = nn.Linear(width, config.embed_dim, bias=False)
         self.text_proj = nn.Linear(config.text_width, config.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self._text_tower = text_tower
@@ -163,13 +176,19 @@ class LockedTextCLIP(nn.Module):
         pooled, hidden, mask = self.text_tower(captions)
         return TextEncoding(self.project_text(pooled.to(self.text_proj.weight.device)), hidden, mask)
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) in [-1, 1] -> z_i (B, D), unit norm."""
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> the tower's pooled features (B, width), before projection."""
         s = self.config.image_size
         if images.shape[-1] != s or images.shape[-2] != s:
             images = F.interpolate(images, size=(s, s), mode="bicubic", align_corners=False, antialias=True)
-        cls = self.visual(pixel_values=images).last_hidden_state[:, 0]  # (B, width)
-        return F.normalize(self.visual_proj(cls), dim=-1)
+        out = self.visual(pixel_values=images)
+        if self.config.image_tower == "convnext":
+            return out.pooler_output  # (B, width): global average pool + LayerNorm
+        return out.last_hidden_state[:, 0]  # (B, width): the class token
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> z_i (B, D), unit norm."""
+        return F.normalize(self.visual_proj(self.image_features(images)), dim=-1)
 
     def contrastive_loss(self, image_embed: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
         """Symmetric InfoNCE over the batch, learnable temperature (capped at 100 as in CLIP)."""

@@ -30,7 +30,8 @@ def random_crop_resize(x: torch.Tensor, gens: list[torch.Generator], min_scale: 
 
 
 class CLIPTask:
-    """Options: min_scale (crop augmentation, default 0.8)."""
+    """Options: min_scale (crop augmentation, default 0.8); subset (train on this seeded fraction
+    of the train split, default 1: the judge trains on its own subset)."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -41,12 +42,18 @@ class CLIPTask:
         self.offsets = np.asarray(self.index["caption_offsets"])
         self.pooled = text_features(cfg.data, "train", self.tower)["pooled"]
         self.min_scale = float(cfg.options.get("min_scale", 0.8))
+        frac = float(cfg.options.get("subset", 1.0))
+        if not 0 < frac <= 1:
+            raise ValueError(f"subset must be in (0, 1], got {frac}")
+        perm = np.random.default_rng(cfg.seed).permutation(len(self.images))
+        self.subset = np.sort(perm[: max(int(frac * len(perm)), 1)]) if frac < 1 else np.arange(len(self.images))
         self._heldout = None
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.subset)
 
     def batch(self, indices: list[int], gens: list[torch.Generator], device) -> dict:
+        indices = [int(self.subset[i]) for i in indices]
         caps = [int(self.offsets[i] + torch.randint(self.offsets[i + 1] - self.offsets[i], (1,), generator=g))
                 for i, g in zip(indices, gens)]
         x = uint8_to_tensor(np.stack([self.images[i] for i in indices]))  # (B, 3, H, W)

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from unclip.evaluate import frechet_distance, mean_pairwise_distance, precision_recall
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_frechet_distance_against_the_eigenvalue_formula():
+    a = torch.randn(300, 6, generator=_gen()) @ torch.randn(6, 6, generator=_gen(1))
+    b = torch.randn(200, 6, generator=_gen(2)) @ torch.randn(6, 6, generator=_gen(3)) + 0.5
+    ca, cb = torch.cov(a.T.double()), torch.cov(b.T.double())
+    ref = float((a.double().mean(0) - b.double().mean(0)).pow(2).sum() + ca.trace() + cb.trace()
+                - 2 * torch.linalg.eigvals(ca @ cb).real.clamp(min=0).sqrt().sum())  # tr √(ΣaΣb) via eigenvalues
+    assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(a, a + 2.0) == pytest.approx(4 * 6, rel=1e-6)  # a pure shift: |Δμ|²
+
+
+def test_precision_recall_and_diversity():
+    real = torch.randn(100, 4, generator=_gen())
+    assert precision_recall(real, real.clone()) == (1.0, 1.0)
+    assert precision_recall(real, real + 100) == (0.0, 0.0)
+    collapsed = real[:1] + 1e-3 * torch.randn(100, 4, generator=_gen(1))  # mode collapse onto one real sample
+    p, r = precision_recall(real, collapsed)
+    assert p == 1.0 and r <= 0.02
+    e = torch.eye(4)
+    assert mean_pairwise_distance(e) == pytest.approx(1.0)
+    assert mean_pairwise_distance(e[:1].repeat(3, 1)) == pytest.approx(0.0)
+
+
+def test_evaluate_end_to_end_with_a_convnext_judge(tiny_model_dir, built_dataset):
+    import unclip
+    from unclip.clip import CLIPConfig, LockedTextCLIP
+    from unclip.evaluate import evaluate
+
+    torch.manual_seed(0)
+    judge = LockedTextCLIP(CLIPConfig(image_tower="convnext", image_size=16, depths=(1, 1), hidden_sizes=(8, 16),
+                                      embed_dim=32))
+    r = evaluate(unclip.load(tiny_model_dir), judge, built_dataset, n=4, diversity_prompts=2, diversity_samples=2,
+                 batch=2, generate_kwargs={"prior_steps": 2, "decoder_steps": 2, "upsampler_steps": 2}, progress=False)
+    for split in ("heldout_images", "heldout_concepts"):
+        m = r["splits"][split]
+        assert m["prompts"] == 4 and m["fd"] >= 0 and m["fd_ci95"][0] <= m["fd_ci95"][1]
+        assert all(0 <= m[k] <= 1 for k in ("precision", "recall", "top1", "top5", "top1_real", "top5_real"))
+        assert m["top1"] <= m["top5"] and -1 <= m["clip_score"] <= 1
+    assert r["diversity"]["prompts"] == 2 and 0 <= r["diversity"]["generated"] <= 2

@@ -1,0 +1,173 @@
+"""`unclip eval`: generated vs real held-out images, judged by a model the generator never met.
+
+The judge is a CLIP of another architecture (ConvNeXt image tower, `--preset judge`), trained with
+its own seed on its own subset of the train split, used only here. Inception/FID weights are not
+reachable from this machine; `frechet_distance` and `precision_recall` take any features, so an
+Inception feature extractor can be plugged in where it exists.
+
+Per held-out split (held-out images: seen concepts, unseen images; held-out concepts: never seen):
+- Fréchet distance and k-NN precision/recall (Kynkäänniemi et al., k = 3) of the judge's pooled
+  image features, generated vs real, with a bootstrap interval for the distance;
+- judge CLIP score of image vs its prompt, and top-1/top-5 concept retrieval among all concepts,
+  each beside the same number for the real images (the ceiling);
+- diversity: mean pairwise judge distance (1 - cos) between samples of one concept's label,
+  beside the real images of that concept (its styles, from the train split).
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """FD between Gaussians fitted to feature sets a (N, F) and b (M, F), float64, no scipy:
+    tr(Σa + Σb - 2 (Σa^½ Σb Σa^½)^½) + |μa - μb|²."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = torch.cov(a.T), torch.cov(b.T)
+    sa = _sqrtm_psd(ca)
+    cross = _sqrtm_psd(sa @ cb @ sa)
+    return float((mu_a - mu_b).pow(2).sum() + torch.trace(ca) + torch.trace(cb) - 2 * torch.trace(cross))
+
+
+def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
+    w, v = torch.linalg.eigh((m + m.T) / 2)
+    return (v * w.clamp(min=0).sqrt()) @ v.T
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision/recall: the share of fake samples inside the real k-NN manifold (balls of
+    each real point's k-th neighbour distance), and of real samples inside the fake manifold."""
+
+    def radii(x):
+        d = torch.cdist(x, x)
+        return d.kthvalue(min(k + 1, len(x)), dim=1).values  # +1: the point itself is at distance 0
+
+    def covered(points, manifold, r):
+        return float((torch.cdist(points, manifold) <= r[None]).any(1).float().mean())
+
+    real, fake = real.double(), fake.double()
+    return covered(fake, real, radii(real)), covered(real, fake, radii(fake))
+
+
+def bootstrap_fd(real: torch.Tensor, fake: torch.Tensor, n: int = 20, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the FD under resampling of the generated set."""
+    g = torch.Generator().manual_seed(seed)
+    vals = sorted(frechet_distance(real, fake[torch.randint(len(fake), (len(fake),), generator=g)]) for _ in range(n))
+    return vals[int(0.025 * n)], vals[min(int(math.ceil(0.975 * n)) - 1, n - 1)]
+
+
+def mean_pairwise_distance(z: torch.Tensor) -> float:
+    """Mean 1 - cos over distinct pairs of unit rows."""
+    n = len(z)
+    if n < 2:
+        return float("nan")
+    sim = z @ z.T
+    return float((1 - sim).sum() / (n * (n - 1)))
+
+
+class JudgeView:
+    """The judge's features, embeddings and concept texts, computed in batches."""
+
+    def __init__(self, judge, labels: dict[str, str], batch_size: int = 128):
+        self.judge, self.bs = judge.eval(), batch_size
+        self.concepts = sorted(labels)
+        with torch.no_grad():
+            self.concept_embed = torch.cat([judge.encode_text([labels[c] for c in self.concepts[i:i + 256]]).text_embed
+                                            for i in range(0, len(self.concepts), 256)])  # (K, D)
+
+    @torch.no_grad()
+    def images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) in [-1, 1] -> pooled features (N, F), unit embeddings (N, D)."""
+        feats, embs = [], []
+        for i in range(0, len(x), self.bs):
+            f = self.judge.image_features(x[i:i + self.bs])
+            feats.append(f)
+            embs.append(F.normalize(self.judge.visual_proj(f), dim=-1))
+        return torch.cat(feats).float(), torch.cat(embs).float()
+
+    @torch.no_grad()
+    def texts(self, captions: list[str]) -> torch.Tensor:
+        return torch.cat([self.judge.encode_text(captions[i:i + 256]).text_embed for i in range(0, len(captions), 256)])
+
+    def retrieval(self, emb: torch.Tensor, concepts: list[str]) -> tuple[float, float]:
+        target = torch.tensor([self.concepts.index(c) for c in concepts])
+        top = (emb @ self.concept_embed.T).topk(5, dim=1).indices
+        return float((top[:, :1] == target[:, None]).any(1).float().mean()), float((top == target[:, None]).any(1).float().mean())
+
+
+def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, diversity_samples: int = 4,
+             seed: int = 0, batch: int = 8, generate_kwargs: dict | None = None, progress: bool = True) -> dict:
+    """Generated vs real held-out images under the judge; see the module docstring."""
+    from tqdm.auto import tqdm
+
+    from unclip.clip_task import uint8_to_tensor
+    from unclip.embed import image_pack
+
+    kw = generate_kwargs or {}
+    labels: dict[str, str] = {}
+    for s in ("train", "heldout_images", "heldout_concepts"):
+        _, idx = image_pack(data, s)
+        labels.update(zip(idx["concepts"], idx["concept_labels"]))
+    view = JudgeView(judge, labels)
+    rng = np.random.default_rng(seed)
+    report = {"n": n, "seed": seed, "generate": {k: v for k, v in kw.items() if not callable(v)}, "splits": {}}
+    for split in ("heldout_images", "heldout_concepts"):
+        images, idx = image_pack(data, split)
+        first = np.asarray(idx["caption_offsets"][:-1])
+        pick = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
+        prompts = [idx["captions"][first[i]] for i in pick]
+        concepts = [idx["concepts"][i] for i in pick]
+        fake = []
+        bar = tqdm(total=len(prompts), desc=f"generate {split}", disable=not progress)
+        for b in range(0, len(prompts), batch):
+            g = torch.Generator().manual_seed(seed * 1000 + b)
+            out = pipe(prompts[b:b + batch], 1, generator=g, output_type="pt", **kw).images  # (B, 3, H, W) in [0, 1]
+            fake.append(out * 2 - 1)
+            bar.update(len(out))
+        bar.close()
+        fake = torch.cat(fake)
+        real_all = uint8_to_tensor(np.asarray(images))  # every real image of the split, for the statistics
+        real_pick = real_all[torch.from_numpy(pick)]
+        f_fake, e_fake = view.images(fake)
+        f_real, e_real = view.images(real_all)
+        _, e_real_pick = view.images(real_pick)
+        t = view.texts(prompts)
+        fd = frechet_distance(f_real, f_fake)
+        lo, hi = bootstrap_fd(f_real, f_fake)
+        prec, rec = precision_recall(f_real, f_fake)
+        r1, r5 = view.retrieval(e_fake, concepts)
+        c1, c5 = view.retrieval(e_real_pick, concepts)
+        report["splits"][split] = {
+            "prompts": len(prompts), "real_images": len(real_all), "fd": fd, "fd_ci95": [lo, hi],
+            "precision": prec, "recall": rec,
+            "clip_score": float((e_fake * t).sum(-1).mean()), "clip_score_real": float((e_real_pick * t).sum(-1).mean()),
+            "top1": r1, "top5": r5, "top1_real": c1, "top5_real": c5,
+        }
+    report["diversity"] = diversity(pipe, view, data, diversity_prompts, diversity_samples, seed, kw)
+    return report
+
+
+def diversity(pipe, view: JudgeView, data: Path, prompts: int, samples: int, seed: int, kw: dict) -> dict:
+    """Mean pairwise judge distance within a prompt's samples, beside within a concept's real images."""
+    from unclip.clip_task import uint8_to_tensor
+    from unclip.embed import image_pack
+
+    images, idx = image_pack(data, "train")  # the concepts with the most real images (styles) to compare with
+    by_concept: dict[str, list[int]] = {}
+    for i, c in enumerate(idx["concepts"]):
+        by_concept.setdefault(c, []).append(i)
+    multi = sorted(c for c, ii in by_concept.items() if len(ii) >= 2)
+    rng = np.random.default_rng(seed + 1)
+    chosen = [multi[i] for i in rng.choice(len(multi), size=min(prompts, len(multi)), replace=False)]
+    gen, real = [], []
+    for j, c in enumerate(chosen):
+        label = idx["concept_labels"][by_concept[c][0]]
+        out = pipe(label, samples, generator=torch.Generator().manual_seed(seed * 7919 + j), output_type="pt", **kw).images
+        gen.append(mean_pairwise_distance(view.images(out * 2 - 1)[1]))
+        real.append(mean_pairwise_distance(view.images(uint8_to_tensor(np.asarray(images[by_concept[c]])))[1]))
+    return {"prompts": len(chosen), "samples": samples, "generated": float(np.nanmean(gen)) if gen else None,
+            "real": float(np.nanmean(real)) if real else None}
