@@ -18,6 +18,24 @@ def _data_build(a) -> int:
     return 0
 
 
+def _data_import(a) -> int:
+    from unclip.data.importer import ImportConfig, import_images
+
+    m = import_images(ImportConfig(src=a.src, out=a.out, size=a.size, default_caption=a.default_caption, style=a.style,
+                                   heldout=a.heldout, seed=a.seed, max_pixels=a.max_pixels),
+                      log=(lambda *_: None) if a.json else print)
+    if a.json:
+        print(json.dumps({k: m[k] for k in ("counts", "splits", "skipped", "style", "uncaptioned_examples")}))
+        return 0
+    c, sk = m["counts"], m["skipped"]
+    print(f"{a.out}: {c['images']} images, {c['captions']} captions ({m['splits']['train']['images']} train, "
+          f"{m['splits']['heldout_images']['images']} held out); skipped {sk['corrupt']} unreadable, "
+          f"{sk['uncaptioned']} without a caption, {sk['duplicates']} duplicates")
+    if m["uncaptioned_examples"]:
+        print("  without a caption, e.g.: " + ", ".join(m["uncaptioned_examples"]) + " (--default-caption TEXT keeps them)")
+    return 0
+
+
 def _data_stats(a) -> int:
     from unclip.data.inspect import format_stats, stats
 
@@ -425,6 +443,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="seed of the split and shuffle (default: 0)")
     b.add_argument("--allow-noncommercial", action="store_true", help="include sources licensed for non-commercial use")
     b.set_defaults(fn=_data_build)
+
+    im = data.add_parser("import", help="your captioned images (folder or WebDataset tars) -> shards for embed/train")
+    im.add_argument("src", type=Path, help="a folder (metadata.jsonl/.csv or NAME.txt captions) or .tar shards")
+    im.add_argument("--out", type=Path, required=True, help="dataset directory to write")
+    im.add_argument("--size", type=int, default=256, help="largest side kept, in pixels (default: 256)")
+    im.add_argument("--default-caption", help="caption for images that have none (default: skip them)")
+    im.add_argument("--style", help="style name recorded for these images (default: the source's name)")
+    im.add_argument("--heldout", type=float, default=0.05, help="share of images held out for validation")
+    im.add_argument("--seed", type=int, default=0)
+    im.add_argument("--max-pixels", type=int, default=4096 * 4096, help="larger images are skipped")
+    im.add_argument("--json", action="store_true")
+    im.set_defaults(fn=_data_import)
 
     s = data.add_parser("stats", help="counts per source, style and split")
     s.add_argument("--data", type=Path, default=default_data_dir())

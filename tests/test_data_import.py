@@ -1,0 +1,110 @@
+"""`unclip data import`: folders (imagefolder metadata, sidecar captions) and WebDataset tars."""
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unclip.cli import main
+
+GOOGLE = "emoji-datasource-google/package/img/google/64"
+
+
+def _emoji_bytes(name):
+    from conftest import NPM
+
+    return (NPM / GOOGLE / name).read_bytes()
+
+
+def _folder(tmp_path):
+    src = tmp_path / "icons"
+    src.mkdir()
+    (src / "cat.png").write_bytes(_emoji_bytes("1f408.png"))
+    (src / "pizza.png").write_bytes(_emoji_bytes("1f355.png"))
+    (src / "copy.png").write_bytes(_emoji_bytes("1f355.png"))  # exact duplicate
+    (src / "broken.png").write_bytes(b"\x89PNG truncated")
+    (src / "nocap.png").write_bytes(_emoji_bytes("0023-fe0f-20e3.png"))
+    rows = [{"file_name": "cat.png", "text": "a cat, my style"}, {"file_name": "pizza.png", "text": ["pizza", "a slice"]},
+            {"file_name": "copy.png", "text": "pizza again"}, {"file_name": "broken.png", "text": "broken"}]
+    (src / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return src
+
+
+def test_imagefolder_metadata_counts_skips_and_is_readable_by_the_stages(tmp_path, capsys):
+    from unclip.embed import image_pack
+
+    src, out = _folder(tmp_path), tmp_path / "out"
+    assert main(["data", "import", str(src), "--out", str(out), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["counts"]["images"] == 2 and r["counts"]["captions"] == 4  # the duplicate's caption joins the kept image
+    assert r["skipped"] == {"corrupt": 1, "uncaptioned": 1, "duplicates": 1, "no_image": 0}
+    assert r["uncaptioned_examples"] == ["nocap.png"] and r["style"] == "icons"
+    imgs = {s: image_pack(out, s) for s in ("train", "heldout_images", "heldout_concepts")}
+    assert sum(len(v[0]) for v in imgs.values()) == 2 and len(imgs["train"][0]) >= 1 and len(imgs["heldout_images"][0]) == 1
+    caps = sorted(c for _, idx in imgs.values() for c in idx["captions"])
+    assert caps == ["a cat, my style", "a slice", "pizza", "pizza again"]
+    assert imgs["train"][0].shape[1:] == (64, 64, 3)
+    mtime = (out / "manifest.json").stat().st_mtime_ns
+    assert main(["data", "import", str(src), "--out", str(out)]) == 0  # unchanged input: nothing redone
+    assert "up to date" in capsys.readouterr().out and (out / "manifest.json").stat().st_mtime_ns == mtime
+    assert main(["data", "import", str(src), "--out", str(out), "--default-caption", "an icon", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["images"] == 3  # the uncaptioned image kept
+
+
+def test_sidecar_txt_and_metadata_csv(tmp_path, capsys):
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "cat.png").write_bytes(_emoji_bytes("1f408.png"))
+    (a / "cat.txt").write_text("a cat\n\nsitting cat\n")
+    assert main(["data", "import", str(a), "--out", str(tmp_path / "oa"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["captions"] == 2
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "x.png").write_bytes(_emoji_bytes("1f355.png"))
+    (b / "metadata.csv").write_text('file_name,text\nx.png,"pizza, flat"\n')
+    assert main(["data", "import", str(b), "--out", str(tmp_path / "ob"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["images"] == 1
+
+
+def test_webdataset_tars_as_img2dataset_writes_them(tmp_path, capsys):
+    shard = tmp_path / "00000.tar"
+    jpg = io.BytesIO()
+    Image.open(io.BytesIO(_emoji_bytes("1f408.png"))).convert("RGB").save(jpg, "JPEG")
+    with tarfile.open(shard, "w") as tar:
+        for name, data in [("000000000.jpg", jpg.getvalue()), ("000000000.txt", b"a cat photo"),
+                           ("000000001.png", _emoji_bytes("1f355.png")), ("000000001.json", b'{"caption": "pizza"}'),
+                           ("000000002.txt", b"caption without image")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "o"
+    assert main(["data", "import", str(shard), "--out", str(out), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["counts"]["images"] == 2 and r["skipped"]["no_image"] == 1
+
+
+def test_a_source_with_no_usable_image_is_one_clear_line(tmp_path):
+    src = tmp_path / "empty"
+    src.mkdir()
+    (src / "a.png").write_bytes(b"not an image")
+    r = subprocess.run([sys.executable, "-m", "unclip", "data", "import", str(src), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    last = r.stderr.strip().splitlines()[-1]  # (above it: the progress bar)
+    assert r.returncode == 2 and last.startswith("unclip: error: no usable image in") and "Traceback" not in r.stderr
+
+
+def test_imported_data_fine_tunes_a_model_stage(tiny_model_dir, tiny_clip_dir, tmp_path):
+    src, out, run = _folder(tmp_path), tmp_path / "data", tmp_path / "run"
+    assert main(["data", "import", str(src), "--out", str(out), "--default-caption", "an icon"]) == 0
+    assert main(["embed", "--data", str(out), "--clip", str(tiny_clip_dir)]) == 0
+    assert main(["train", "decoder", "--preset", "tiny", "--data", str(out), "--out", str(run), "--max-steps", "2",
+                 "--batch-size", "2", "--init-from", str(tiny_model_dir), "--option", f"clip={tiny_clip_dir}"]) == 0
+    assert (run / "model" / "decoder_config.json").exists()
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2
+    assert np.isfinite([json.loads(line).get("loss", 0) for line in (run / "metrics.jsonl").read_text().splitlines()]).all()
