@@ -7,6 +7,7 @@ import sys
 import tarfile
 
 import numpy as np
+from pathlib import Path
 import pytest
 from PIL import Image
 
@@ -108,3 +109,78 @@ def test_imported_data_fine_tunes_a_model_stage(tiny_model_dir, tiny_clip_dir, t
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["step"] == 2
     assert np.isfinite([json.loads(line).get("loss", 0) for line in (run / "metrics.jsonl").read_text().splitlines()]).all()
+
+
+def test_lora_fine_tune_saves_a_small_adapter_that_generation_loads(tiny_model_dir, tiny_clip_dir, tmp_path):
+    import torch
+
+    import unclip
+    from unclip.lora import parse_lora_arg
+
+    src, out, run = _folder(tmp_path), tmp_path / "data", tmp_path / "run"
+    assert main(["data", "import", str(src), "--out", str(out), "--default-caption", "an icon"]) == 0
+    assert main(["train", "decoder", "--preset", "tiny", "--data", str(out), "--out", str(run), "--max-steps", "3",
+                 "--batch-size", "2", "--lr", "1e-2", "--init-from", str(tiny_model_dir), "--lora-rank", "4",
+                 "--option", f"clip={tiny_clip_dir}"]) == 0
+    lora = run / "model" / "lora.safetensors"
+    full = sum(f.stat().st_size for f in (tiny_model_dir / "decoder").glob("*.safetensors"))
+    assert lora.exists() and lora.stat().st_size < full / 2
+    from safetensors.torch import load_file
+
+    assert all("lora_" in k for k in load_file(lora))
+
+    def draw(scale):
+        pipe = unclip.load(tiny_model_dir)
+        if scale is not None:
+            pipe.load_lora(lora, scale)
+        return pipe("an icon", prior_steps=2, decoder_steps=2, upsample=False, output_type="pt",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    base = draw(None)
+    torch.testing.assert_close(draw(0.0), base)  # scale 0: exactly the base model
+    assert not torch.allclose(draw(1.0), base)  # the trained adapter changes the images
+    assert parse_lora_arg("a/b.safetensors:0.5") == (Path("a/b.safetensors"), 0.5)
+    assert parse_lora_arg("c:/x.safetensors") == (Path("c:/x.safetensors"), 1.0)
+    assert main(["generate", "an icon", "--model", str(tiny_model_dir), "--lora", f"{lora}:0.7", "--num-images", "1",
+                 "--prior-steps", "2", "--decoder-steps", "2", "--no-upsample", "--out", str(tmp_path / "g.png")]) == 0
+    assert json.loads(Image.open(tmp_path / "g.png").text["parameters"])["lora"] == [f"{lora}:0.7"]
+
+
+def test_train_only_freezes_everything_else(tiny_model_dir, tiny_clip_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    src, out, run = _folder(tmp_path), tmp_path / "data", tmp_path / "run"
+    assert main(["data", "import", str(src), "--out", str(out), "--default-caption", "an icon"]) == 0
+    assert main(["train", "decoder", "--preset", "tiny", "--data", str(out), "--out", str(run), "--max-steps", "2",
+                 "--batch-size", "2", "--lr", "1e-2", "--init-from", str(tiny_model_dir), "--train-only", "text_proj",
+                 "--option", f"clip={tiny_clip_dir}"]) == 0
+    before = load_file(next((tiny_model_dir / "decoder").glob("*.safetensors")))
+    after = load_file(run / "checkpoint" / "model.safetensors")
+    assert all(torch_equal(after["unet." + k], v) for k, v in before.items())  # the UNet did not move
+    proj_before = load_file(next((tiny_model_dir / "text_proj").glob("*.safetensors")))
+    assert any(not torch_equal(after["text_proj." + k], v) for k, v in proj_before.items())
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a.float(), b.float())
+
+
+@pytest.mark.parametrize("lora", [0, 2])
+def test_finetune_one_command(tiny_model_dir, tmp_path, capsys, lora):
+    src, out = _folder(tmp_path), tmp_path / "ft"
+    args = ["finetune", str(src), "--out", str(out), "--base", str(tiny_model_dir), "--steps", "5", "--batch-size", "2",
+            "--default-caption", "an icon", "--json"]
+    assert main(args + (["--lora-rank", str(lora)] if lora else [])) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    r = json.loads(lines[-1])
+    assert set(r["stages"]) == {"prior", "decoder"} and r["stages"]["decoder"]["steps"] == 5
+    assert any("min for 5 steps" in line for line in lines)  # the time it will take, said before it runs
+    if lora:
+        assert sorted(p.name for p in (out / "lora").iterdir()) == ["decoder.safetensors", "prior.safetensors"]
+    else:
+        assert (out / "model" / "decoder_config.json").exists() and (out / "model" / "clip.safetensors").exists()
+    im = Image.open(out / "before_after.png")
+    n = len(json.loads(im.text["parameters"])["prompts"])
+    assert n >= 1 and im.size == (n * 64, 2 * 64)  # a row before, a row after

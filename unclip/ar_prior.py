@@ -159,11 +159,11 @@ class ARPriorTask(ConditionedTask):
     def __init__(self, cfg, conditioning=None):
         import numpy as np
 
-        from unclip.conditioning import Conditioning, default_clip_dir
+        from unclip.conditioning import Conditioning, clip_dir_for
         from unclip.presets import load_preset
 
         self.cfg, self.config = cfg, ARPriorConfig(**load_preset("ar_prior", cfg.preset))
-        clip_dir = cfg.options.get("clip") or default_clip_dir()
+        clip_dir = clip_dir_for(cfg)
         self.cond = conditioning or Conditioning(cfg.data, "train", clip_dir, max_tokens=self.config.num_embeddings)
         self.clip_dir = self.cond.clip_dir
         z = torch.from_numpy(np.asarray(self.cond.image_embed, dtype=np.float32))

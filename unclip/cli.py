@@ -71,7 +71,8 @@ def _train(a) -> int:
                       batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr, warmup_steps=a.warmup_steps,
                       ema_decay=a.ema_decay, seed=a.seed, save_minutes=a.save_minutes, threads=a.threads,
                       mixed_precision=a.mixed_precision, resume=a.resume, init_from=a.init_from,
-                      lr_schedule=a.lr_schedule, eval_every=a.eval_every, fsdp=a.fsdp, options=options)
+                      lr_schedule=a.lr_schedule, eval_every=a.eval_every, fsdp=a.fsdp, options=options,
+                      lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, train_only=a.train_only or "")
     result = train(cfg)
     print(json.dumps(result))
     return 0
@@ -184,6 +185,7 @@ def _generate(a) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     pipe = UnCLIPPipeline.from_pretrained(model)
+    loras = _apply_loras(pipe, a.lora)
     from unclip.sampling import DEFAULT_STEPS
 
     d = DEFAULT_STEPS.get(a.sampler, {})
@@ -191,7 +193,8 @@ def _generate(a) -> int:
              (("prior", a.prior_steps), ("decoder", a.decoder_steps), ("upsampler", a.upsampler_steps))}
     params = {"prompt": a.prompt, "seed": a.seed, "num_images": a.num_images, "prior": a.prior, **steps,
               "prior_guidance_scale": a.prior_guidance, "decoder_guidance_scale": a.decoder_guidance,
-              "sampler": a.sampler, "eta": a.eta, "best_of": a.best_of, "model": str(model), "model_hash": model_hash(model)}
+              "sampler": a.sampler, "eta": a.eta, "best_of": a.best_of, "model": str(model), "model_hash": model_hash(model),
+              **({"lora": loras} if loras else {})}
     out = pipe(a.prompt, a.num_images, **steps, prior_guidance_scale=a.prior_guidance,
                decoder_guidance_scale=a.decoder_guidance, sampler=a.sampler, eta=a.eta, best_of=a.best_of,
                prior=a.prior, upsample=not a.no_upsample, generator=torch.Generator().manual_seed(a.seed), progress=True)
@@ -303,9 +306,30 @@ def _eval(a) -> int:
     return 0
 
 
+def _finetune(a) -> int:
+    from unclip.finetune import FinetuneConfig, finetune
+
+    r = finetune(FinetuneConfig(src=a.src, out=a.out, base=a.base, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                                lora_rank=a.lora_rank, prior=not a.no_prior, default_caption=a.default_caption,
+                                style=a.style, threads=a.threads, seed=a.seed))
+    print(json.dumps(r) if a.json else f"wrote {r['model']} and {r['before_after']}")
+    return 0
+
+
 def _check_prompt(prompt: str) -> None:
     if not prompt.strip():
         raise ValueError("the prompt is empty; give a description such as \"a grinning cat, 3D style\"")
+
+
+def _apply_loras(pipe, values) -> list[str]:
+    from unclip.lora import parse_lora_arg
+
+    out = []
+    for v in values or []:
+        path, scale = parse_lora_arg(v)
+        pipe.load_lora(path, scale)
+        out.append(f"{path}:{scale}")
+    return out
 
 
 def _retrieval(a) -> int:
@@ -497,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run's checkpoint when present")
     t.add_argument("--init-from", type=Path, help="start from these weights when there is no checkpoint")
     t.add_argument("--option", action="append", metavar="KEY=VALUE", help="stage-specific setting (repeatable)")
+    t.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank on --init-from (decoder, prior)")
+    t.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the rank)")
+    t.add_argument("--train-only", help="comma-separated parameter-name prefixes to train, e.g. text_proj (default: all)")
     t.set_defaults(fn=_train)
 
     r = sub.add_parser("retrieval", help="zero-shot concept retrieval of the CLIP stage on held-out images and concepts")
@@ -520,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prior-guidance", type=float, default=4.0)
     g.add_argument("--decoder-guidance", type=float, default=8.0)
     g.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
+    g.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="a LoRA adapter from `train --lora-rank` "
+                   "(repeatable; SCALE multiplies its update, default 1)")
     g.add_argument("--threads", type=int, default=0)
     g.add_argument("--out", type=Path, default=Path("unclip.png"))
     g.set_defaults(fn=_generate)
@@ -578,6 +607,22 @@ def build_parser() -> argparse.ArgumentParser:
     exd.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
     exd.add_argument("--threads", type=int, default=0)
     exd.set_defaults(fn=_export)
+
+    ft = sub.add_parser("finetune", help="import your images, embed them and fine-tune the prior and decoder, in one go")
+    ft.add_argument("src", type=Path, help="a folder of captioned images or WebDataset .tar shards (see `data import`)")
+    ft.add_argument("--out", type=Path, required=True, help="where data/, runs/, model/ (or lora/) and before_after.png go")
+    ft.add_argument("--base", type=Path, help="model to start from (default: the shipped model)")
+    ft.add_argument("--steps", type=int, default=300, help="optimizer steps per stage")
+    ft.add_argument("--batch-size", type=int, default=16)
+    ft.add_argument("--lr", type=float, default=1e-4)
+    ft.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank instead of every weight")
+    ft.add_argument("--no-prior", action="store_true", help="fine-tune the decoder only (captions like the base's)")
+    ft.add_argument("--default-caption", help="caption for images that have none")
+    ft.add_argument("--style", help="style name recorded for the images")
+    ft.add_argument("--threads", type=int, default=0)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--json", action="store_true")
+    ft.set_defaults(fn=_finetune)
 
     ev = sub.add_parser("eval", help="generated vs real held-out images under an independent judge")
     ev.add_argument("--model", type=Path, help="model directory (default: the shipped model)")

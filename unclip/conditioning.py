@@ -24,6 +24,29 @@ def default_clip_dir() -> Path:
     return runs_dir() / "clip-small" / "model"
 
 
+def clip_dir_for(cfg) -> Path:
+    """The CLIP stage a conditioned task embeds its data with: --option clip=DIR, else that of the
+    model it starts from (--init-from, when it has one: a fine-tune keeps its model's CLIP), else
+    the default."""
+    if cfg.options.get("clip"):
+        return Path(cfg.options["clip"])
+    if cfg.init_from and (Path(cfg.init_from) / "clip.safetensors").exists():
+        return Path(cfg.init_from)
+    return default_clip_dir()
+
+
+def stage_config(cfg, stage: str, config_cls, filename: str):
+    """A stage's architecture: that of the model it starts from (--init-from with FILENAME: a
+    fine-tune keeps its model's shape), else the preset's."""
+    import json
+
+    from unclip.presets import load_preset
+
+    if cfg.init_from and (Path(cfg.init_from) / filename).exists():
+        return config_cls(**json.loads((Path(cfg.init_from) / filename).read_text()))
+    return config_cls(**load_preset(stage, cfg.preset))
+
+
 def load_clip_dir(path: Path):
     from unclip.clip import LockedTextCLIP
 

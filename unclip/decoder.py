@@ -203,14 +203,12 @@ class DecoderTask(ConditionedTask):
     """Training task for the decoder. Options: clip=DIR (CLIP stage), min_snr_gamma (default 5)."""
 
     def __init__(self, cfg, conditioning=None):
-        from unclip.conditioning import Conditioning, default_clip_dir
+        from unclip.conditioning import Conditioning, clip_dir_for, stage_config
         from unclip.diffusion import Schedule
-        from unclip.presets import load_preset
 
-        p = load_preset("decoder", cfg.preset)
-        self.cfg, self.config = cfg, DecoderConfig(**p)
+        self.cfg, self.config = cfg, stage_config(cfg, "decoder", DecoderConfig, "decoder_config.json")
         self.model = Decoder(self.config)
-        clip_dir = cfg.options.get("clip") or default_clip_dir()
+        clip_dir = clip_dir_for(cfg)
         self.cond = conditioning or Conditioning(cfg.data, "train", clip_dir)
         self.clip_dir = self.cond.clip_dir
         self.schedule = Schedule()

@@ -63,6 +63,13 @@ class UnCLIPPipeline:
         pipe.pca = load_pca(path)
         return pipe
 
+    def load_lora(self, path: Path, scale: float = 1.0) -> "UnCLIPPipeline":
+        """Add a LoRA adapter (`unclip train STAGE --lora-rank R`) to its stage; scale 0 = the base model."""
+        from unclip.lora import load_lora
+
+        load_lora(self, path, scale)
+        return self
+
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> tuple[TextEncoding, TextEncoding]:

@@ -119,14 +119,13 @@ class PriorTask(ConditionedTask):
     """Training task for the diffusion prior. Options: clip=DIR (CLIP stage)."""
 
     def __init__(self, cfg, conditioning=None):
-        from unclip.conditioning import Conditioning, default_clip_dir
+        from unclip.conditioning import Conditioning, clip_dir_for, stage_config
         from unclip.diffusion import Schedule
         from unclip.embed import image_embed_stats
-        from unclip.presets import load_preset
 
-        self.cfg, self.config = cfg, PriorConfig(**load_preset("prior", cfg.preset))
+        self.cfg, self.config = cfg, stage_config(cfg, "prior", PriorConfig, "prior_config.json")
         self.model = Prior(self.config)
-        clip_dir = cfg.options.get("clip") or default_clip_dir()
+        clip_dir = clip_dir_for(cfg)
         self.cond = conditioning or Conditioning(cfg.data, "train", clip_dir, max_tokens=self.config.num_embeddings)
         self.clip_dir = self.cond.clip_dir
         self.stats = image_embed_stats(cfg.data, self.clip_dir)

@@ -4,6 +4,15 @@ STAGES = ("clip", "prior", "ar_prior", "decoder", "upsampler")
 
 
 def make_task(cfg):
+    task = _make_task(cfg)
+    if getattr(cfg, "lora_rank", 0):
+        from unclip.lora import LoRATask
+
+        return LoRATask(task, cfg.stage, cfg.init_from, cfg.lora_rank, cfg.lora_alpha)
+    return task
+
+
+def _make_task(cfg):
     if cfg.stage == "clip":
         from unclip.clip_task import CLIPTask
 

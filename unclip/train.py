@@ -57,6 +57,9 @@ class TrainConfig:
     resume: bool = False
     init_from: Path | None = None
     max_bad_steps: int = 20
+    lora_rank: int = 0  # > 0: train LoRA adapters on the --init-from weights (decoder, prior) and export only them
+    lora_alpha: float | None = None  # default: the rank
+    train_only: str = ""  # comma-separated parameter-name prefixes to train; everything else frozen (default: all)
     options: dict = field(default_factory=dict)  # stage-specific settings (see each task)
 
     def run_dir(self) -> Path:
@@ -204,6 +207,13 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
     with acc.main_process_first():  # rank 0 builds packs and embeddings; the others then read them
         task = task or make_task(cfg)
     model = task.model
+    if cfg.train_only:
+        prefixes = tuple(p.strip() for p in cfg.train_only.split(",") if p.strip())
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(prefixes))
+        if not any(p.requires_grad for p in model.parameters()):
+            names = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
+            raise ValueError(f"--train-only {cfg.train_only!r} matches no parameter; top-level names: {', '.join(names)}")
     ckpt = find_checkpoint(run) if cfg.resume else None
     log(f"training {cfg.stage} ({cfg.preset}) on {world} process(es), {acc.device}, mixed precision {mp}"
         + (", FSDP" if cfg.fsdp and world > 1 else ""))
