@@ -144,3 +144,7 @@ def test_bench_generate_json(tiny_model_dir, capsys):
     rows = {row["sampler"]: row for row in r["samplers"]}
     assert rows["ddpm"]["decoder_steps"] == 50 and rows["dpm++"]["decoder_steps"] <= 50 / 4
     assert rows["ddpm"]["time_vs_ddpm"] == 1.0 and rows["dpm++"]["seconds"] > 0 and r["peak_rss_mb"] > 0
+    assert main(["bench", "generate", "--model", str(tiny_model_dir), "--num-images", "1", "--repeats", "1",
+                 "--samplers", "dpm++", "--diffusers", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["vs_diffusers"]
+    assert d["max_abs_diff"] < 1e-4 and d["ours_s"] > 0 and d["diffusers_s"] > 0 and d["steps"] == [25, 25, 7]

@@ -2,6 +2,7 @@
 machine's fp32 matmul peak, measured in the same process."""
 
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -101,7 +102,7 @@ def _build(stage: str, p: dict):
 
 
 def bench_generate(model, samplers=("ddpm", "ddim", "dpm++"), num_images: int = 4, repeats: int = 2,
-                   prompt: str = "a grinning cat, 3D style") -> dict:
+                   prompt: str = "a grinning cat, 3D style", compare_diffusers: bool = False) -> dict:
     """Text -> image wall time per sampler at its default steps (sampling.DEFAULT_STEPS), in one
     process: a warm-up call, then the best of `repeats` timed calls (the machines here are shared)."""
     import resource
@@ -123,7 +124,84 @@ def bench_generate(model, samplers=("ddpm", "ddim", "dpm++"), num_images: int = 
                      "num_images": num_images, "seconds": round(best, 3), "seconds_per_image": round(best / num_images, 3),
                      "upsampled": pipe.upsampler is not None})
     base = next((r["seconds"] for r in rows if r["sampler"] == "ddpm"), None)
+    if compare_diffusers:
+        rows_d = bench_vs_diffusers(pipe, num_images, repeats, prompt)
+    else:
+        rows_d = None
     for r in rows:
         r["time_vs_ddpm"] = round(r["seconds"] / base, 3) if base else None
-    return {"model": str(model), "threads": torch.get_num_threads(), "samplers": rows,
+    return {"model": str(model), "threads": torch.get_num_threads(), "samplers": rows, "vs_diffusers": rows_d,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+class _PeakRSS:
+    """Peak resident memory above the level at entry, sampled every 5 ms from /proc (Linux)."""
+
+    def __enter__(self):
+        import threading
+
+        self.base = self.peak = _rss()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self):
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def mb(self) -> float:
+        return round((self.peak - self.base) / 2**20, 1)
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+    except OSError:
+        return 0
+
+
+def bench_vs_diffusers(pipe, num_images: int, repeats: int, prompt: str, steps=(25, 25, 7)) -> dict:
+    """Our pipeline and diffusers' `UnCLIPPipeline` on the same weights (exported to diffusers' layout),
+    same prompt, seed, DDPM and steps (diffusers' defaults 25/25/7), alternated in one process."""
+    import tempfile
+
+    import numpy as np
+
+    from unclip.interop import diffusers_pipeline, export_diffusers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_diffusers(pipe, Path(tmp) / "m")
+        theirs = diffusers_pipeline(Path(tmp) / "m")
+    p, d, u = steps
+
+    def ours_call(seed):
+        return pipe(prompt, num_images, prior_steps=p, decoder_steps=d, upsampler_steps=u, sampler="ddpm", best_of=1,
+                    generator=torch.Generator().manual_seed(seed), output_type="np").images
+
+    def their_call(seed):
+        return theirs(prompt, num_images_per_prompt=num_images, prior_num_inference_steps=p, decoder_num_inference_steps=d,
+                      super_res_num_inference_steps=u, generator=torch.Generator().manual_seed(seed), output_type="np").images
+
+    diff = float(np.abs(ours_call(0) - their_call(0)).max())  # also the warm-up
+    t_ours, t_theirs, m_ours, m_theirs = [], [], 0.0, 0.0
+    for r in range(repeats):
+        for fn, times, which in ((ours_call, t_ours, "ours"), (their_call, t_theirs, "theirs")):
+            with _PeakRSS() as mem:
+                t = time.perf_counter()
+                fn(r + 1)
+                times.append(time.perf_counter() - t)
+            if which == "ours":
+                m_ours = max(m_ours, mem.mb)
+            else:
+                m_theirs = max(m_theirs, mem.mb)
+    return {"steps": list(steps), "sampler": "ddpm", "num_images": num_images, "max_abs_diff": diff,
+            "ours_s": round(min(t_ours), 3), "diffusers_s": round(min(t_theirs), 3),
+            "time_ratio": round(min(t_ours) / min(t_theirs), 3), "ours_peak_mb": m_ours, "diffusers_peak_mb": m_theirs}

@@ -117,7 +117,7 @@ def _bench_generate(a) -> int:
         raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
     if a.threads:
         torch.set_num_threads(a.threads)
-    r = bench_generate(model, a.samplers.split(","), a.num_images, a.repeats)
+    r = bench_generate(model, a.samplers.split(","), a.num_images, a.repeats, compare_diffusers=a.diffusers)
     if a.json:
         print(json.dumps(r))
     else:
@@ -125,6 +125,11 @@ def _bench_generate(a) -> int:
             print(f"{row['sampler']:>6} {row['prior_steps']:>3}/{row['decoder_steps']:>3}/{row['upsampler_steps']:>2} steps  "
                   f"{row['seconds']:7.2f} s  {row['seconds_per_image']:6.2f} s/image  ×{row['time_vs_ddpm']} of ddpm")
         print(f"peak RSS {r['peak_rss_mb']} MB, {r['threads']} threads")
+        d = r["vs_diffusers"]
+        if d:
+            print(f"vs diffusers UnCLIPPipeline (same weights, DDPM {'/'.join(map(str, d['steps']))}): ours {d['ours_s']} s, "
+                  f"diffusers {d['diffusers_s']} s, ratio {d['time_ratio']}; peak +{d['ours_peak_mb']} MB vs "
+                  f"+{d['diffusers_peak_mb']} MB; max |Δ| of the images {d['max_abs_diff']:.2e}")
     return 0
 
 
@@ -679,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--num-images", type=int, default=4)
     bg.add_argument("--repeats", type=int, default=2, help="timed calls per sampler; the best is kept")
     bg.add_argument("--threads", type=int, default=0)
+    bg.add_argument("--diffusers", action="store_true", help="also time diffusers' UnCLIPPipeline on the same weights")
     bg.add_argument("--json", action="store_true")
     bg.set_defaults(fn=_bench_generate)
     bs = bench.add_parser("serve", help="a real server on loopback: concurrent clients, then a fuzz run")
