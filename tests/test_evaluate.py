@@ -47,3 +47,34 @@ def test_evaluate_end_to_end_with_a_convnext_judge(tiny_model_dir, built_dataset
         assert all(0 <= m[k] <= 1 for k in ("precision", "recall", "top1", "top5", "top1_real", "top5_real"))
         assert m["top1"] <= m["top5"] and -1 <= m["clip_score"] <= 1
     assert r["diversity"]["prompts"] == 2 and 0 <= r["diversity"]["generated"] <= 2
+
+
+def test_tiling_score_sees_repetition():
+    from unclip.report import tiling_score
+
+    g = torch.Generator().manual_seed(0)
+    motif = torch.rand(1, 3, 8, 8, generator=g)
+    tiled = motif.repeat(1, 1, 4, 4)  # a 4×4 repetition of one motif
+    blob = torch.zeros(1, 3, 32, 32)
+    blob[..., 10:22, 10:22] = torch.rand(1, 3, 12, 12, generator=g)  # one object on a plain background
+    assert tiling_score(tiled) > 0.95 and tiling_score(blob) < 0.5
+
+
+def test_report_runs_every_section_and_writes_markdown(tiny_model_dir, built_dataset, tmp_path):
+    import unclip
+    from unclip.clip import CLIPConfig, LockedTextCLIP
+    from unclip.report import SECTIONS, run_report
+
+    torch.manual_seed(0)
+    judge = LockedTextCLIP(CLIPConfig(image_tower="convnext", image_size=16, depths=(1, 1), hidden_sizes=(8, 16),
+                                      embed_dim=32))
+    pipe = unclip.load(tiny_model_dir)
+    r = run_report(pipe, judge, built_dataset, tmp_path, n=2, diversity_prompts=1, diversity_samples=2,
+                   log=lambda *_: None)
+    assert set(r["sections"]) == set(SECTIONS)
+    assert [row["decoder_guidance"] for row in r["sections"]["guidance"]] == [1.0, 1.0, 3.0, 3.0, 8.0, 8.0]
+    md = (tmp_path / "report.md").read_text()
+    for title in ("Headline", "Decoder conditioning", "Guidance", "autoregressive", "Samplers", "CLIP-guided"):
+        assert title in md
+    for f in ("headline.png", "guidance.png", "samplers.png", "clip_guided.png", "results.json"):
+        assert (tmp_path / "report" / f).exists()

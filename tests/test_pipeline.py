@@ -58,6 +58,18 @@ def test_best_of_keeps_the_candidate_closest_to_the_text(pipe):
     assert z1.shape == z4.shape == (1, 384)
 
 
+def test_the_ablation_priors_text_and_none(pipe):
+    kw = dict(decoder_steps=2, upsample=False, output_type="pt")
+    text, empty = pipe.encode_prompt(["pizza"])
+    t = pipe("pizza", prior="text", generator=_gen(), **kw)
+    torch.testing.assert_close(t.image_embeds, text.text_embed)
+    n = pipe("pizza", prior="none", generator=_gen(), **kw)
+    torch.testing.assert_close(n.image_embeds[0], pipe.decoder.null_image_embed)
+    ref = pipe.decoder.sample(pipe.decoder.null_image_embed[None], text, empty, steps=2, guidance_scale=8.0,
+                              sampler="ddim", generator=_gen())
+    torch.testing.assert_close(n.images, (ref + 1) / 2)
+
+
 def test_autoregressive_prior_is_selectable(pipe):
     out = pipe("pizza", prior="ar", decoder_steps=2, upsample=False, generator=_gen(), output_type="pt")
     assert out.images.shape == (1, 3, 16, 16)

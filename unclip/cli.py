@@ -284,7 +284,7 @@ def _serve(a) -> int:
 
 def _eval(a) -> int:
     from unclip.conditioning import load_clip_dir
-    from unclip.evaluate import evaluate
+    from unclip.evaluate import evaluate, strip
     from unclip.paths import runs_dir
 
     pipe, model = _load_pipe(a)
@@ -298,6 +298,7 @@ def _eval(a) -> int:
             kw[k] = getattr(a, k)
     r = evaluate(pipe, load_clip_dir(judge_dir), a.data, n=a.n, diversity_prompts=a.diversity_prompts,
                  diversity_samples=a.diversity_samples, seed=a.seed, generate_kwargs=kw)
+    r = strip(r)
     r["model"], r["judge"] = str(model), str(judge_dir)
     if a.json:
         print(json.dumps(r))
@@ -318,6 +319,24 @@ def _finetune(a) -> int:
                                 lora_rank=a.lora_rank, prior=not a.no_prior, default_caption=a.default_caption,
                                 style=a.style, threads=a.threads, seed=a.seed))
     print(json.dumps(r) if a.json else f"wrote {r['model']} and {r['before_after']}")
+    return 0
+
+
+def _report(a) -> int:
+    from unclip.conditioning import load_clip_dir
+    from unclip.paths import runs_dir
+    from unclip.report import SECTIONS, run_report
+
+    pipe, model = _load_pipe(a)
+    judge_dir = a.judge or runs_dir() / "judge" / "model"
+    if not (Path(judge_dir) / "clip.safetensors").exists():
+        raise FileNotFoundError(f"no judge at {judge_dir}; see `unclip eval --help`")
+    sections = a.sections.split(",") if a.sections else SECTIONS
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown sections {', '.join(sorted(unknown))}; sections: {', '.join(SECTIONS)}")
+    run_report(pipe, load_clip_dir(judge_dir), a.data, a.out, n=a.n, seed=a.seed, sections=sections)
+    print(f"wrote {Path(a.out) / 'report.md'}")
     return 0
 
 
@@ -544,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--sampler", default="ddim", help="ddpm | ddim | dpm++ (default: ddim)")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
-    g.add_argument("--prior", choices=("diffusion", "ar"), default="diffusion")
+    g.add_argument("--prior", choices=("diffusion", "ar", "text", "none"), default="diffusion",
+                   help="diffusion | ar, or the ablations: text (z_t as z_i), none (caption-only decoder)")
     g.add_argument("--best-of", type=int, default=2, help="prior samples per image; keeps the closest to the text")
     g.add_argument("--prior-steps", type=int, help="default: the sampler's (ddpm 25, ddim 25, dpm++ 6)")
     g.add_argument("--decoder-steps", type=int, help="default: the sampler's (ddpm 50, ddim 25, dpm++ 12)")
@@ -644,6 +664,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, default=0)
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(fn=_eval)
+
+    rp = sub.add_parser("report", help="evaluation + the paper's ablations -> OUT/report.md with plots and grids")
+    rp.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    rp.add_argument("--judge", type=Path, help="judge CLIP directory (default: ~/.cache/unclip/runs/judge/model)")
+    rp.add_argument("--data", type=Path, default=default_data_dir())
+    rp.add_argument("--out", type=Path, default=Path("docs"))
+    rp.add_argument("--n", type=int, default=16, help="prompts per split and setting")
+    rp.add_argument("--sections", help="comma-separated subset of: " + ", ".join(
+        ("headline", "conditioning", "guidance", "priors", "samplers", "clip_guided")))
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--threads", type=int, default=0)
+    rp.set_defaults(fn=_report)
 
     sv = sub.add_parser("serve", help="REST API (+ A1111 txt2img) and a web page, on one model worker")
     sv.add_argument("--model", type=Path, help="model directory (default: the shipped model)")

@@ -99,23 +99,40 @@ class JudgeView:
         return float((top[:, :1] == target[:, None]).any(1).float().mean()), float((top == target[:, None]).any(1).float().mean())
 
 
+SPLITS = ("heldout_images", "heldout_concepts")
+
+
+def judge_view(judge, data: Path) -> "JudgeView":
+    from unclip.embed import image_pack
+
+    labels: dict[str, str] = {}
+    for s in ("train",) + SPLITS:
+        _, idx = image_pack(data, s)
+        labels.update(zip(idx["concepts"], idx["concept_labels"]))
+    return JudgeView(judge, labels)
+
+
 def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, diversity_samples: int = 4,
-             seed: int = 0, batch: int = 8, generate_kwargs: dict | None = None, progress: bool = True) -> dict:
-    """Generated vs real held-out images under the judge; see the module docstring."""
+             seed: int = 0, batch: int = 8, generate_kwargs: dict | None = None, progress: bool = True,
+             splits=SPLITS, generate=None) -> dict:
+    """Generated vs real held-out images under the judge; see the module docstring.
+
+    `generate(prompts, generator) -> (B, 3, H, W) in [-1, 1]` replaces the pipeline's text-to-image
+    call (the CLIP-guided baseline, for one); `judge` may be a JudgeView already built."""
+    import time
+
     from tqdm.auto import tqdm
 
     from unclip.clip_task import uint8_to_tensor
     from unclip.embed import image_pack
 
     kw = generate_kwargs or {}
-    labels: dict[str, str] = {}
-    for s in ("train", "heldout_images", "heldout_concepts"):
-        _, idx = image_pack(data, s)
-        labels.update(zip(idx["concepts"], idx["concept_labels"]))
-    view = JudgeView(judge, labels)
+    generate = generate or (lambda prompts, g: pipe(prompts, 1, generator=g, output_type="pt", **kw).images * 2 - 1)
+    view = judge if isinstance(judge, JudgeView) else judge_view(judge, data)
     rng = np.random.default_rng(seed)
     report = {"n": n, "seed": seed, "generate": {k: v for k, v in kw.items() if not callable(v)}, "splits": {}}
-    for split in ("heldout_images", "heldout_concepts"):
+    seconds, made = 0.0, 0
+    for split in splits:
         images, idx = image_pack(data, split)
         first = np.asarray(idx["caption_offsets"][:-1])
         pick = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
@@ -125,8 +142,10 @@ def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, d
         bar = tqdm(total=len(prompts), desc=f"generate {split}", disable=not progress)
         for b in range(0, len(prompts), batch):
             g = torch.Generator().manual_seed(seed * 1000 + b)
-            out = pipe(prompts[b:b + batch], 1, generator=g, output_type="pt", **kw).images  # (B, 3, H, W) in [0, 1]
-            fake.append(out * 2 - 1)
+            t0 = time.perf_counter()
+            out = generate(prompts[b:b + batch], g)  # (B, 3, H, W) in [-1, 1]
+            seconds, made = seconds + time.perf_counter() - t0, made + len(out)
+            fake.append(out)
             bar.update(len(out))
         bar.close()
         fake = torch.cat(fake)
@@ -147,11 +166,20 @@ def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, d
             "clip_score": float((e_fake * t).sum(-1).mean()), "clip_score_real": float((e_real_pick * t).sum(-1).mean()),
             "top1": r1, "top5": r5, "top1_real": c1, "top5_real": c5,
         }
-    report["diversity"] = diversity(pipe, view, data, diversity_prompts, diversity_samples, seed, kw)
+        report["splits"][split]["images"] = fake  # kept for grids; dropped before JSON (see strip)
+    report["seconds_per_image"] = seconds / max(made, 1)
+    if diversity_prompts:
+        report["diversity"] = diversity(view, data, diversity_prompts, diversity_samples, seed, generate)
     return report
 
 
-def diversity(pipe, view: JudgeView, data: Path, prompts: int, samples: int, seed: int, kw: dict) -> dict:
+def strip(report: dict) -> dict:
+    """The report without its image tensors (for JSON)."""
+    out = {**report, "splits": {k: {kk: vv for kk, vv in v.items() if kk != "images"} for k, v in report["splits"].items()}}
+    return out
+
+
+def diversity(view: JudgeView, data: Path, prompts: int, samples: int, seed: int, generate) -> dict:
     """Mean pairwise judge distance within a prompt's samples, beside within a concept's real images."""
     from unclip.clip_task import uint8_to_tensor
     from unclip.embed import image_pack
@@ -166,8 +194,8 @@ def diversity(pipe, view: JudgeView, data: Path, prompts: int, samples: int, see
     gen, real = [], []
     for j, c in enumerate(chosen):
         label = idx["concept_labels"][by_concept[c][0]]
-        out = pipe(label, samples, generator=torch.Generator().manual_seed(seed * 7919 + j), output_type="pt", **kw).images
-        gen.append(mean_pairwise_distance(view.images(out * 2 - 1)[1]))
+        out = generate([label] * samples, torch.Generator().manual_seed(seed * 7919 + j))
+        gen.append(mean_pairwise_distance(view.images(out)[1]))
         real.append(mean_pairwise_distance(view.images(uint8_to_tensor(np.asarray(images[by_concept[c]])))[1]))
     return {"prompts": len(chosen), "samples": samples, "generated": float(np.nanmean(gen)) if gen else None,
             "real": float(np.nanmean(real)) if real else None}

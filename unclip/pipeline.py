@@ -93,9 +93,18 @@ class UnCLIPPipeline:
                             guidance_scale: float = 4.0, sampler: str = "ddpm", best_of: int = 2,
                             prior: str = "diffusion", generator: torch.Generator | None = None,
                             progress: bool = False) -> torch.Tensor:
-        """One z_i per row of `text` (B, D); best-of-N keeps the sample most similar to z_t."""
+        """One z_i per row of `text` (B, D); best-of-N keeps the sample most similar to z_t.
+
+        prior: "diffusion" | "ar" (the two priors), or the paper's ablations: "text" (z_t as z_i),
+        "none" (the decoder's null z_i: conditioned on the caption only)."""
         if best_of < 1:
             raise ValueError(f"best_of must be at least 1, got {best_of}")
+        if prior == "text":  # the paper's ablation: the caption's z_t passed as z_i
+            return text.text_embed.clone()
+        if prior == "none":  # no z_i at all: the learned null embedding (a caption-only, GLIDE-like decoder)
+            if self.decoder is None:
+                raise ValueError("this model has no decoder (decoder_config.json)")
+            return self.decoder.null_image_embed.detach()[None].expand(len(text), -1).clone()
         b = len(text)
         cand = text.repeat(best_of)
         if prior == "ar":
@@ -110,7 +119,7 @@ class UnCLIPPipeline:
             z = self.prior.sample(cand, empty, steps=steps, guidance_scale=guidance_scale, sampler=sampler,
                                   generator=generator, progress="prior" if progress else None)
         else:
-            raise ValueError(f"prior must be 'diffusion' or 'ar', not {prior!r}")
+            raise ValueError(f"prior must be 'diffusion', 'ar', 'text' or 'none', not {prior!r}")
         z = z.view(b, best_of, -1)  # (B, N, D)
         score = (z * text.text_embed[:, None]).sum(-1)  # (B, N) dot products with z_t
         return z[torch.arange(b), score.argmax(1)]

@@ -1,0 +1,197 @@
+"""`unclip report`: the evaluation and the paper's ablations on one model, as docs/report.md + plots.
+
+Sections (each an `evaluate` run under the judge, same prompts and seeds):
+- headline: the default pipeline on both held-out splits;
+- conditioning: the decoder given the prior's z_i vs z_t used as z_i vs no z_i (caption only);
+- guidance: quality and diversity vs decoder guidance scale, unCLIP vs the same decoder conditioned
+  on the caption only (GLIDE-like; not a separately trained GLIDE: this CPU affords one decoder);
+- priors: diffusion vs autoregressive prior (when the model has one), quality and seconds per image;
+- samplers: DDPM, DDIM and DPM-Solver++ at their default steps, quality vs seconds per image;
+- clip_guided: the CLIP-guided baseline vs unCLIP, with a repetition (tiling) score.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+SECTIONS = ("headline", "conditioning", "guidance", "priors", "samplers", "clip_guided")
+
+
+def tiling_score(images: torch.Tensor, exclude: float = 0.25) -> float:
+    """Mean over images of the largest normalised autocorrelation of the grey image at shifts of at
+    least `exclude` of its side (Euclidean, in side units): near 1 for a motif repeated across the
+    image, low for one object on a background."""
+    g = images.float().mean(1)  # (B, H, W)
+    g = g - g.mean((1, 2), keepdim=True)
+    f = torch.fft.rfft2(g)
+    ac = torch.fft.irfft2(f * f.conj(), s=g.shape[-2:])  # circular autocorrelation
+    ac = ac / ac[:, :1, :1].clamp(min=1e-8)
+    h, w = g.shape[-2:]
+    dy = torch.minimum(torch.arange(h), h - torch.arange(h))[:, None]
+    dx = torch.minimum(torch.arange(w), w - torch.arange(w))[None]
+    far = (dy / h) ** 2 + (dx / w) ** 2 >= exclude**2
+    return float(ac[:, far].max(1).values.mean())
+
+
+def _row(name: str, r: dict, split: str) -> dict:
+    m = r["splits"][split]
+    out = {"setting": name, "fd": m["fd"], "fd_lo": m["fd_ci95"][0], "fd_hi": m["fd_ci95"][1], "precision": m["precision"],
+           "recall": m["recall"], "clip_score": m["clip_score"], "top1": m["top1"], "top5": m["top5"],
+           "seconds_per_image": r["seconds_per_image"], "tiling": tiling_score(m["images"])}
+    if "diversity" in r:
+        out["diversity"] = r["diversity"]["generated"]
+        out["diversity_real"] = r["diversity"]["real"]
+    return out
+
+
+def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, sections=SECTIONS,
+               diversity_prompts: int = 4, diversity_samples: int = 4, log=print) -> dict:
+    from unclip.evaluate import evaluate, judge_view, strip
+
+    view = judge_view(judge, data)
+    out = Path(out)
+    (out / "report").mkdir(parents=True, exist_ok=True)
+    results: dict = {"n": n, "seed": seed, "model": pipe.name, "sections": {}}
+    split = "heldout_concepts"
+
+    def ev(name, splits=(split,), div=diversity_prompts, generate=None, **kw):
+        t = time.time()
+        r = evaluate(pipe, view, data, n=n, seed=seed, splits=splits, diversity_prompts=div,
+                     diversity_samples=diversity_samples, generate_kwargs=kw, generate=generate, progress=False)
+        log(f"  {name}: {time.time() - t:.0f} s")
+        return r
+
+    if "headline" in sections:
+        log("headline")
+        r = ev("default", splits=("heldout_images", "heldout_concepts"))
+        results["sections"]["headline"] = strip(r)
+        _grid(r["splits"][split]["images"], out / "report" / "headline.png")
+    if "conditioning" in sections:
+        log("conditioning")
+        rows = [_row(name, ev(name, prior=prior, div=0), split)
+                for name, prior in (("caption only (no z_i)", "none"), ("z_t as z_i", "text"), ("prior z_i (unCLIP)", "diffusion"))]
+        results["sections"]["conditioning"] = rows
+    if "guidance" in sections:
+        log("guidance")
+        rows = []
+        for scale in (1.0, 3.0, 8.0):
+            for name, prior in (("unCLIP", "diffusion"), ("caption-only decoder", "none")):
+                rows.append({"decoder_guidance": scale, **_row(name, ev(f"{name} @ {scale}", prior=prior,
+                                                                          decoder_guidance_scale=scale), split)})
+        results["sections"]["guidance"] = rows
+        _plot_guidance(rows, out / "report" / "guidance.png")
+    if "priors" in sections and pipe.ar_prior is not None:
+        log("priors")
+        results["sections"]["priors"] = [_row(name, ev(name, prior=prior, div=0), split)
+                                         for name, prior in (("diffusion prior", "diffusion"), ("autoregressive prior", "ar"))]
+    if "samplers" in sections:
+        log("samplers")
+        from unclip.sampling import DEFAULT_STEPS
+
+        rows = []
+        for sampler in ("ddpm", "ddim", "dpm++"):
+            st = DEFAULT_STEPS[sampler]
+            rows.append({"sampler": sampler, "steps": f"{st['prior']}/{st['decoder']}/{st['upsampler']}",
+                         **_row(sampler, ev(sampler, sampler=sampler, div=0), split)})
+        results["sections"]["samplers"] = rows
+        _plot_samplers(rows, out / "report" / "samplers.png")
+    if "clip_guided" in sections:
+        log("clip_guided")
+
+        def guided(prompts, g):
+            return pipe.clip_guided(prompts, 1, generator=g, output_type="pt").images * 2 - 1
+
+        r_g, r_u = ev("CLIP-guided", generate=guided, div=0), ev("unCLIP", div=0)
+        results["sections"]["clip_guided"] = [_row("CLIP-guided (caption-conditioned decoder)", r_g, split),
+                                              _row("unCLIP", r_u, split)]
+        _grid(torch.cat([r_g["splits"][split]["images"][:8], r_u["splits"][split]["images"][:8]]),
+              out / "report" / "clip_guided.png", cols=8)
+    (out / "report" / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "report.md").write_text(render_markdown(results))
+    return results
+
+
+def _grid(images: torch.Tensor, path: Path, cols: int = 8) -> None:
+    from unclip.images import grid, to_output
+
+    grid(to_output(images[: 2 * cols], "pil"), cols=cols).save(path)
+
+
+def _plot_guidance(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(8, 3.2))
+    for name in dict.fromkeys(r["setting"] for r in rows):
+        rr = [r for r in rows if r["setting"] == name]
+        ax[0].plot([r["decoder_guidance"] for r in rr], [r["fd"] for r in rr], "o-", label=name)
+        ax[1].plot([r["decoder_guidance"] for r in rr], [r.get("diversity") for r in rr], "o-", label=name)
+    ax[0].set(xlabel="decoder guidance scale", ylabel="judge FD (lower is better)")
+    ax[1].set(xlabel="decoder guidance scale", ylabel="diversity (mean pairwise 1 - cos)")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_samplers(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for r in rows:
+        ax.errorbar(r["seconds_per_image"], r["fd"], yerr=[[r["fd"] - r["fd_lo"]], [r["fd_hi"] - r["fd"]]], fmt="o", capsize=3)
+        ax.annotate(f"{r['sampler']} {r['steps']}", (r["seconds_per_image"], r["fd"]), textcoords="offset points", xytext=(5, 5))
+    ax.set(xlabel="seconds per image (this CPU)", ylabel="judge FD (95% interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _table(rows: list[dict], keys: list[str]) -> str:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    keys = [k for k in keys if any(k in r for r in rows)]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+METRICS = ["fd", "fd_lo", "fd_hi", "precision", "recall", "clip_score", "top1", "top5", "diversity", "seconds_per_image",
+           "tiling"]
+
+
+def render_markdown(results: dict) -> str:
+    s = results["sections"]
+    md = [f"# Evaluation report: {results['model']}", "",
+          f"Generated by `unclip report` (n = {results['n']} prompts per split, seed {results['seed']}). Judge: a ConvNeXt "
+          "CLIP trained separately for evaluation only (see README, Evaluating). Metrics on the held-out-concepts split "
+          "unless noted; fd_lo/fd_hi: bootstrap 95% interval; tiling: repetition score (higher = more repeated motifs).", ""]
+    if "headline" in s:
+        md += ["## Headline", ""]
+        rows = [{"split": k, **{m: v for m, v in r.items() if not isinstance(v, list)},
+                 "fd_lo": r["fd_ci95"][0], "fd_hi": r["fd_ci95"][1]} for k, r in s["headline"]["splits"].items()]
+        md += [_table(rows, ["split", "fd", "fd_lo", "fd_hi", "precision", "recall", "clip_score", "clip_score_real", "top1",
+                             "top1_real", "top5", "top5_real"]), ""]
+        d = s["headline"].get("diversity")
+        if d:
+            md += [f"Diversity: generated {d['generated']:.3f}, real {d['real']:.3f}.", ""]
+        md += ["![samples](report/headline.png)", ""]
+    for key, title, first in (("conditioning", "Decoder conditioning (paper: the prior's z_i is best)", "setting"),
+                              ("guidance", "Guidance: quality and diversity (paper: unCLIP keeps more diversity)", "decoder_guidance"),
+                              ("priors", "Diffusion vs autoregressive prior", "setting"),
+                              ("samplers", "Samplers at their default steps", "sampler"),
+                              ("clip_guided", "CLIP-guided baseline vs unCLIP", "setting")):
+        if key in s:
+            lead = [first] + (["setting"] if first == "decoder_guidance" else []) + (["steps"] if key == "samplers" else [])
+            md += [f"## {title}", "", _table(s[key], lead + METRICS), ""]
+            if key in ("guidance", "samplers", "clip_guided"):  # the sections with a figure
+                md += [f"![{key}](report/{key}.png)", ""]
+    return "\n".join(md)
