@@ -36,7 +36,8 @@ OURS = dict(prior_steps=3, decoder_steps=3, upsampler_steps=2, sampler="ddpm", b
 def test_a_karlo_layout_directory_draws_what_diffusers_draws(karlo_dir):
     ref = _diffusers(karlo_dir)(["a cat", "red heart"], num_images_per_prompt=2, generator=_gen(), output_type="np",
                                 **STEPS).images
-    ours = unclip.load(karlo_dir)(["a cat", "red heart"], 2, generator=_gen(), output_type="np", **OURS).images
+    ours = unclip.load(karlo_dir).memory_format(torch.contiguous_format)(["a cat", "red heart"], 2, generator=_gen(),
+                                                                         output_type="np", **OURS).images
     assert ours.shape == ref.shape == (4, 32, 32, 3)
     diff = float(np.abs(ours - ref).max())
     print(f"max |ours - diffusers| on a Karlo-layout pipeline: {diff:.2e}")
@@ -47,7 +48,7 @@ def test_a_karlo_layout_directory_draws_what_diffusers_draws(karlo_dir):
 def test_our_export_loads_in_diffusers_and_draws_the_same_images(tiny_model_dir, tmp_path):
     from unclip.interop import export_diffusers
 
-    pipe = unclip.load(tiny_model_dir)
+    pipe = unclip.load(tiny_model_dir).memory_format(torch.contiguous_format)
     out = export_diffusers(pipe, tmp_path / "export")
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "UnCLIPPipeline" and index["text_encoder"][1] == "MiniLMTextModelWithProjection"
@@ -57,7 +58,8 @@ def test_our_export_loads_in_diffusers_and_draws_the_same_images(tiny_model_dir,
     diff = float(np.abs(ours - ref).max())
     print(f"max |ours - diffusers| on our exported model: {diff:.2e}")
     assert diff < 1e-4
-    back = unclip.load(out)("a grinning cat", 2, generator=_gen(), output_type="np", **OURS).images  # and read it back
+    back = unclip.load(out).memory_format(torch.contiguous_format)("a grinning cat", 2, generator=_gen(), output_type="np",
+                                                                   **OURS).images  # and read it back
     assert float(np.abs(back - ours).max()) < 1e-4
 
 

@@ -190,7 +190,9 @@ def bench_vs_diffusers(pipe, num_images: int, repeats: int, prompt: str, steps=(
         return theirs(prompt, num_images_per_prompt=num_images, prior_num_inference_steps=p, decoder_num_inference_steps=d,
                       super_res_num_inference_steps=u, generator=torch.Generator().manual_seed(seed), output_type="np").images
 
+    pipe.memory_format(torch.contiguous_format)  # the same layout as diffusers: the same numbers
     diff = float(np.abs(ours_call(0) - their_call(0)).max())  # also the warm-up
+    pipe.memory_format(torch.channels_last)  # then timed as we run
     t_ours, t_theirs, m_ours, m_theirs = [], [], 0.0, 0.0
     for r in range(repeats):
         for fn, times, which in ((ours_call, t_ours, "ours"), (their_call, t_theirs, "theirs")):

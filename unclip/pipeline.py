@@ -27,6 +27,17 @@ class UnCLIPPipeline:
         self.clip, self.prior, self.decoder, self.upsampler, self.ar_prior = clip, prior, decoder, upsampler, ar_prior
         self.name = name
         self.pca = None  # PCA of z_i (clip_pca.safetensors), for pca_reconstructions
+        self.memory_format(torch.channels_last)
+
+    def memory_format(self, fmt=torch.channels_last) -> "UnCLIPPipeline":
+        """The UNets' weight layout. channels_last (the default) runs ~10% faster on CPU; each step
+        matches contiguous_format to ~1e-6, which DDPM's clipping can grow to ~1e-3 over a whole
+        sampling chain: use contiguous_format to match diffusers bit for bit."""
+        for unet in (getattr(self.decoder, "unet", None), getattr(self.upsampler, "unet", None),
+                     getattr(self.upsampler, "last_unet", None)):
+            if unet is not None:
+                unet.to(memory_format=fmt)
+        return self
 
     @classmethod
     def from_pretrained(cls, path: Path) -> "UnCLIPPipeline":
