@@ -70,6 +70,16 @@ def test_generate_writes_a_grid_with_its_parameters(tiny_model_dir, tmp_path):
     assert "trainedAlgorithmicMedia" in im.text["DigitalSourceType"]
 
 
+def test_same_seed_same_settings_give_byte_identical_pngs(tiny_model_dir, tmp_path):
+    args = ["generate", "red heart", "--model", str(tiny_model_dir), "--num-images", "2", "--prior-steps", "2",
+            "--decoder-steps", "3", "--upsampler-steps", "2", "--sampler", "ddpm", "--seed", "5"]
+    assert main(args + ["--out", str(tmp_path / "a.png")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b.png")]) == 0
+    assert main(args[:-1] + ["6", "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "c.png").read_bytes()
+
+
 def test_assemble_copies_stage_exports_and_names_what_is_missing(tiny_model_dir, tmp_path):
     from unclip.models import assemble
     from unclip.pipeline import UnCLIPPipeline
