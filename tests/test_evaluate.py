@@ -78,3 +78,15 @@ def test_report_runs_every_section_and_writes_markdown(tiny_model_dir, built_dat
         assert title in md
     for f in ("headline.png", "guidance.png", "samplers.png", "clip_guided.png", "results.json"):
         assert (tmp_path / "report" / f).exists()
+
+
+def test_the_shipped_judge_is_another_architecture_and_eval_names_a_missing_judge(tmp_path, capsys):
+    from unclip.cli import main
+    from unclip.conditioning import load_clip_dir
+    from unclip.models import JUDGE, SHIPPED
+
+    judge = load_clip_dir(JUDGE)
+    assert judge.config.image_tower == "convnext" and judge.embed_dim == 256
+    assert load_clip_dir(SHIPPED).config.image_tower == "vit"  # the generator's CLIP is not the judge
+    assert main(["eval", "--judge", str(tmp_path / "none"), "--model", str(SHIPPED)]) == 2
+    assert "no judge at" in capsys.readouterr().err

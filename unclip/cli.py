@@ -282,16 +282,23 @@ def _serve(a) -> int:
     return 0
 
 
+def _judge_dir(given: Path | None) -> Path:
+    from unclip.models import JUDGE
+    from unclip.paths import runs_dir
+
+    d = Path(given) if given else JUDGE if (JUDGE / "clip.safetensors").exists() else runs_dir() / "judge" / "model"
+    if not (d / "clip.safetensors").exists():
+        raise FileNotFoundError(f"no judge at {d}: train one with `unclip train clip --preset judge --seed 1 "
+                                "--option subset=0.9 --out ~/.cache/unclip/runs/judge` or pass --judge DIR")
+    return d
+
+
 def _eval(a) -> int:
     from unclip.conditioning import load_clip_dir
     from unclip.evaluate import evaluate, strip
-    from unclip.paths import runs_dir
 
     pipe, model = _load_pipe(a)
-    judge_dir = a.judge or runs_dir() / "judge" / "model"
-    if not (Path(judge_dir) / "clip.safetensors").exists():
-        raise FileNotFoundError(f"no judge at {judge_dir}: train one with `unclip train clip --preset judge --seed 1 "
-                                "--option subset=0.9 --out ~/.cache/unclip/runs/judge` or pass --judge DIR")
+    judge_dir = _judge_dir(a.judge)
     kw = {"sampler": a.sampler}
     for k in ("prior_steps", "decoder_steps", "upsampler_steps"):
         if getattr(a, k) is not None:
@@ -324,13 +331,10 @@ def _finetune(a) -> int:
 
 def _report(a) -> int:
     from unclip.conditioning import load_clip_dir
-    from unclip.paths import runs_dir
     from unclip.report import SECTIONS, run_report
 
     pipe, model = _load_pipe(a)
-    judge_dir = a.judge or runs_dir() / "judge" / "model"
-    if not (Path(judge_dir) / "clip.safetensors").exists():
-        raise FileNotFoundError(f"no judge at {judge_dir}; see `unclip eval --help`")
+    judge_dir = _judge_dir(a.judge)
     sections = a.sections.split(",") if a.sections else SECTIONS
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -651,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="generated vs real held-out images under an independent judge")
     ev.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
-    ev.add_argument("--judge", type=Path, help="judge CLIP directory (default: ~/.cache/unclip/runs/judge/model)")
+    ev.add_argument("--judge", type=Path, help="judge CLIP directory (default: the shipped judge)")
     ev.add_argument("--data", type=Path, default=default_data_dir())
     ev.add_argument("--n", type=int, default=64, help="prompts per held-out split")
     ev.add_argument("--diversity-prompts", type=int, default=8)
@@ -667,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="evaluation + the paper's ablations -> OUT/report.md with plots and grids")
     rp.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
-    rp.add_argument("--judge", type=Path, help="judge CLIP directory (default: ~/.cache/unclip/runs/judge/model)")
+    rp.add_argument("--judge", type=Path, help="judge CLIP directory (default: the shipped judge)")
     rp.add_argument("--data", type=Path, default=default_data_dir())
     rp.add_argument("--out", type=Path, default=Path("docs"))
     rp.add_argument("--n", type=int, default=16, help="prompts per split and setting")

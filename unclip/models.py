@@ -3,6 +3,7 @@
 from pathlib import Path
 
 SHIPPED = Path(__file__).resolve().parent / "shipped" / "emoji"  # package data, so a wheel carries it
+JUDGE = SHIPPED.parent / "judge"  # the evaluation-only judge (unclip eval / report)
 
 
 def default_model_dir() -> Path | None:
