@@ -176,3 +176,14 @@ def test_resume_refuses_a_checkpoint_trained_with_another_clip(built_dataset, ti
     with pytest.raises(ValueError, match="trained on other inputs"):
         train(cfg2, log=lambda m: None)
     shutil.rmtree(other)
+
+
+def test_upsampler_preview_shows_target_bicubic_and_model_rows(built_dataset, tmp_path):
+    from PIL import Image
+
+    from unclip.upsampler import UpsamplerTask
+
+    task = UpsamplerTask(TrainConfig(stage="upsampler", preset="tiny", data=built_dataset))
+    task.preview(task.model, tmp_path / "p.png", n=3)
+    im = Image.open(tmp_path / "p.png")
+    assert im.size[1] == 3 * 32 and im.size[0] % 32 == 0  # three rows: target, bicubic, model

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -126,8 +127,6 @@ class UpsamplerTask:
         return len(self.images)
 
     def _crops(self, images, indices, gens) -> torch.Tensor:
-        import numpy as np
-
         c, size = self.config.train_crop, self.config.sample_size
         out = []
         for i, g in zip(indices, gens):
@@ -183,6 +182,24 @@ class UpsamplerTask:
         loss = float((model(x_t, b["t"], b["cond"]) - b["noise"]).pow(2).mean())
         model.train()
         return loss
+
+    @torch.no_grad()
+    def preview(self, model: Upsampler, path: Path, n: int = 6) -> None:
+        """Held-out full images: the target (top), bicubic from 1/factor (middle), the model's 7 DDIM steps (bottom)."""
+        from unclip.clip_task import uint8_to_tensor
+        from unclip.degrade import downsample, upsample
+        from unclip.embed import image_pack
+        from unclip.images import grid, to_output
+
+        size = self.config.sample_size
+        images, _ = image_pack(self.cfg.data, "heldout_images", resolution=size, min_native_size=size)
+        hr = uint8_to_tensor(np.asarray(images[:n]))
+        low = downsample(hr, self.config.factor)
+        model.eval()
+        out = model.sample(low, steps=7, generator=torch.Generator().manual_seed(0))
+        model.train()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid(to_output(torch.cat([hr, upsample(low, size).clamp(-1, 1), out]), "pil"), cols=len(hr)).save(path)
 
     def export(self, model: Upsampler, directory: Path) -> None:
         model.save(directory, "super_res_first")
