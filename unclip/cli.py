@@ -463,9 +463,12 @@ def _interpolate(a) -> int:
     out = pipe.interpolate(x, y, a.frames, decoder_steps=a.decoder_steps, decoder_guidance_scale=a.decoder_guidance,
                            generator=torch.Generator().manual_seed(a.seed))
     _save(out.images, a, _common(a, model, task="interpolate", start=a.a, end=a.b, frames=a.frames), cols=a.frames)
-    gif = Path(a.out).with_suffix(".gif")
-    out.images[0].save(gif, save_all=True, append_images=out.images[1:] + out.images[::-1][1:-1], duration=120, loop=0)
-    print(f"wrote {gif}")
+    frames = out.images + out.images[::-1][1:-1]  # there and back
+    for ext in (".gif", ".webp"):
+        anim = Path(a.out).with_suffix(ext)
+        frames[0].save(anim, save_all=True, append_images=frames[1:], duration=120, loop=0,
+                       **({"lossless": True} if ext == ".webp" else {}))
+        print(f"wrote {anim}")
     return 0
 
 
