@@ -217,3 +217,38 @@ def test_pca_fit_project_and_probe(tiny_model_dir, tmp_path):
     full = pipe.from_embeds(pipe.encode_image(_emoji()), latents=torch.randn(1, 3, 16, 16, generator=_gen()),
                             decoder_steps=3, sampler="ddim", upsample=False, output_type="pt")
     torch.testing.assert_close(out.images[1:], full.images, atol=1e-4, rtol=0)  # k = D decodes z_i itself
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_truncated_runs_from_a_noised_image_reach_the_data(sampler):
+    """strength < 1 (img2img-style): start at the matching step from x0 noised there; only
+    round(steps·strength) steps run, and every sampler still lands on x0 under the exact ε."""
+    from unclip.sampling import make_scheduler, sample, truncated_timesteps
+
+    x0 = torch.rand(1, 3, 8, 8) * 1.6 - 0.8
+    sched = make_scheduler(sampler, "epsilon", 1.0)
+    ac = sched.alphas_cumprod
+    ts = truncated_timesteps(make_scheduler(sampler, "epsilon", 1.0), 10, 0.4)
+    assert len(ts) == 4 and int(ts[0]) < 999
+    x = ac[ts[0]].sqrt() * x0 + (1 - ac[ts[0]]).sqrt() * torch.randn(1, 3, 8, 8, generator=_gen())
+    seen = []
+
+    def oracle(x, t):
+        seen.append(int(t))
+        a = ac[t]
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    out = sample(oracle, x, sched, 10, _gen(), strength=0.4)
+    assert seen == [int(t) for t in ts]
+    torch.testing.assert_close(out, x0, atol=2e-3, rtol=0)
+
+
+def test_upsampler_strength_one_is_unchanged_and_below_one_starts_from_the_image(pipe):
+    low = torch.rand(1, 3, 16, 16, generator=_gen()) * 2 - 1
+    a = pipe.upsampler.sample(low, steps=4, generator=_gen())
+    b = pipe.upsampler.sample(low, steps=4, strength=1.0, generator=_gen())
+    torch.testing.assert_close(a, b)
+    c = pipe.upsampler.sample(low, steps=4, strength=0.5, generator=_gen())
+    assert c.shape == a.shape and not torch.allclose(a, c)
+    with pytest.raises(ValueError, match="strength must be in"):
+        pipe.upsampler.sample(low, steps=4, strength=0.0)

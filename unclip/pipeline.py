@@ -231,8 +231,8 @@ class UnCLIPPipeline:
     def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, prior_steps: int | None = None,
                  decoder_steps: int | None = None, upsampler_steps: int | None = None, prior_guidance_scale: float = 4.0,
                  decoder_guidance_scale: float = 8.0, sampler: str = "ddim", eta: float = 0.0, best_of: int = 2,
-                 prior: str = "diffusion", upsample: bool = True, generator: torch.Generator | None = None,
-                 output_type: str = "pil", progress: bool = False) -> UnCLIPOutput:
+                 prior: str = "diffusion", upsample: bool = True, upsampler_strength: float = 1.0,
+                 generator: torch.Generator | None = None, output_type: str = "pil", progress: bool = False) -> UnCLIPOutput:
         """Text -> images. Steps left as None take the sampler's defaults (sampling.DEFAULT_STEPS)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         _check(prompts, num_images_per_prompt, sampler, output_type)
@@ -253,8 +253,8 @@ class UnCLIPPipeline:
                                      sampler=sampler, eta=eta, generator=generator,
                                      progress="decoder" if progress else None)
         if upsample and self.upsampler is not None:
-            images = self.upsampler.sample(images, steps=upsampler_steps, sampler=sampler, generator=generator,
-                                           progress="upsampler" if progress else None)
+            images = self.upsampler.sample(images, steps=upsampler_steps, sampler=sampler, strength=upsampler_strength,
+                                           generator=generator, progress="upsampler" if progress else None)
         return UnCLIPOutput(to_output(images, output_type), z_i)
 
 

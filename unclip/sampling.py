@@ -98,16 +98,29 @@ def guided(denoise_pair, guidance_scale: float, split: int | None = None):
     return denoise
 
 
+def truncated_timesteps(scheduler, steps: int, strength: float = 1.0) -> torch.Tensor:
+    """set_timesteps(steps), then keep the last round(steps·strength) of them (img2img-style: a run that
+    starts from a noised image instead of pure noise), telling the scheduler where it begins."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    scheduler.set_timesteps(steps)
+    start = steps - max(1, min(steps, round(steps * strength)))
+    if start and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]
+
+
 def sample(denoise, x: torch.Tensor, scheduler, steps: int, generator: torch.Generator | None = None,
-           eta: float = 0.0, desc: str | None = None, keep_channels: int | None = None) -> torch.Tensor:
-    """Run `steps` steps from x_T. keep_channels: drop extra output channels (a learned variance)
-    for schedulers that cannot use them."""
+           eta: float = 0.0, desc: str | None = None, keep_channels: int | None = None,
+           strength: float = 1.0) -> torch.Tensor:
+    """Run `steps` steps from x_T (strength < 1: only the last steps·strength of them, from an x already
+    noised to the first of those; see truncated_timesteps). keep_channels: drop extra output channels
+    (a learned variance) for schedulers that cannot use them."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UnCLIPScheduler
 
     if steps < 1 or (isinstance(scheduler, UnCLIPScheduler) and steps < 2):
         raise ValueError(f"steps must be at least {2 if isinstance(scheduler, UnCLIPScheduler) else 1}, got {steps}")
-    scheduler.set_timesteps(steps)
-    timesteps = scheduler.timesteps
+    timesteps = truncated_timesteps(scheduler, steps, strength)
     learned = isinstance(scheduler, UnCLIPScheduler) and scheduler.config.variance_type == "learned_range"
     for i, t in enumerate(tqdm(timesteps, desc=desc, disable=desc is None, leave=False)):
         out = denoise(x, t.to(x.device))

@@ -65,20 +65,26 @@ class Upsampler(nn.Module):
         return unet(torch.cat([x_t, low_res_upsampled], dim=1), t).sample
 
     @torch.no_grad()
-    def sample(self, images: torch.Tensor, *, steps: int = 7, sampler: str = "ddim",
+    def sample(self, images: torch.Tensor, *, steps: int = 7, sampler: str = "ddim", strength: float = 1.0,
                generator: torch.Generator | None = None, progress: str | None = None) -> torch.Tensor:
-        """Low-resolution images (B, 3, s, s) in [-1, 1] -> (B, 3, f·s, f·s)."""
+        """Low-resolution images (B, 3, s, s) in [-1, 1] -> (B, 3, f·s, f·s).
+
+        strength 1 starts from pure noise (as Karlo and diffusers); below 1, from the bicubic
+        upsampling noised to the matching step, running only the last steps·strength steps."""
         from unclip.degrade import upsample
-        from unclip.sampling import make_scheduler, sample
+        from unclip.sampling import make_scheduler, sample, truncated_timesteps
 
         size = images.shape[-1] * self.config.factor
         cond = upsample(images, size)
         x = torch.randn(len(images), 3, size, size, generator=generator)
         sched = make_scheduler(sampler, "epsilon", 1.0)
-        sched.set_timesteps(steps)
-        last_t = sched.timesteps[-1]
+        ts = truncated_timesteps(sched, steps, strength)
+        if strength < 1:
+            ac = sched.alphas_cumprod[ts[0]]
+            x = ac.sqrt() * cond.clamp(-1, 1) + (1 - ac).sqrt() * x
+        last_t = ts[-1]
         x = sample(lambda x, t: self(x, t.expand(len(x)), cond, last=bool(t == last_t)), x, sched, steps, generator,
-                   desc=progress)
+                   desc=progress, strength=strength)
         return x.clamp(-1, 1)
 
     def save(self, directory: Path, name: str = "super_res_first", dtype: torch.dtype = torch.float16) -> None:
