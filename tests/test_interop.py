@@ -30,7 +30,7 @@ def _diffusers(path):
 
 
 STEPS = dict(prior_num_inference_steps=3, decoder_num_inference_steps=3, super_res_num_inference_steps=2)
-OURS = dict(prior_steps=3, decoder_steps=3, upsampler_steps=2, sampler="ddpm", best_of=1)
+OURS = dict(prior_steps=3, decoder_steps=3, upsampler_steps=2, sampler="ddpm", best_of=1, upsampler_strength=1.0)
 
 
 def test_a_karlo_layout_directory_draws_what_diffusers_draws(karlo_dir):

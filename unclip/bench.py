@@ -184,7 +184,7 @@ def bench_vs_diffusers(pipe, num_images: int, repeats: int, prompt: str, steps=(
 
     def ours_call(seed):
         return pipe(prompt, num_images, prior_steps=p, decoder_steps=d, upsampler_steps=u, sampler="ddpm", best_of=1,
-                    generator=torch.Generator().manual_seed(seed), output_type="np").images
+                    upsampler_strength=1.0, generator=torch.Generator().manual_seed(seed), output_type="np").images
 
     def their_call(seed):
         return theirs(prompt, num_images_per_prompt=num_images, prior_num_inference_steps=p, decoder_num_inference_steps=d,
