@@ -111,17 +111,22 @@ def test_imported_data_fine_tunes_a_model_stage(tiny_model_dir, tiny_clip_dir, t
     assert np.isfinite([json.loads(line).get("loss", 0) for line in (run / "metrics.jsonl").read_text().splitlines()]).all()
 
 
+def _import_and_fine_tune(tmp_path, model_dir, clip_dir, *extra) -> Path:
+    """Import the test folder, then fine-tune the decoder from `model_dir` with `extra` flags; the run dir."""
+    src, out, run = _folder(tmp_path), tmp_path / "data", tmp_path / "run"
+    assert main(["data", "import", str(src), "--out", str(out), "--default-caption", "an icon"]) == 0
+    assert main(["train", "decoder", "--preset", "tiny", "--data", str(out), "--out", str(run), "--batch-size", "2",
+                 "--lr", "1e-2", "--init-from", str(model_dir), "--option", f"clip={clip_dir}", *extra]) == 0
+    return run
+
+
 def test_lora_fine_tune_saves_a_small_adapter_that_generation_loads(tiny_model_dir, tiny_clip_dir, tmp_path):
     import torch
 
     import unclip
     from unclip.lora import parse_lora_arg
 
-    src, out, run = _folder(tmp_path), tmp_path / "data", tmp_path / "run"
-    assert main(["data", "import", str(src), "--out", str(out), "--default-caption", "an icon"]) == 0
-    assert main(["train", "decoder", "--preset", "tiny", "--data", str(out), "--out", str(run), "--max-steps", "3",
-                 "--batch-size", "2", "--lr", "1e-2", "--init-from", str(tiny_model_dir), "--lora-rank", "4",
-                 "--option", f"clip={tiny_clip_dir}"]) == 0
+    run = _import_and_fine_tune(tmp_path, tiny_model_dir, tiny_clip_dir, "--max-steps", "3", "--lora-rank", "4")
     lora = run / "model" / "lora.safetensors"
     full = sum(f.stat().st_size for f in (tiny_model_dir / "decoder").glob("*.safetensors"))
     assert lora.exists() and lora.stat().st_size < full / 2
@@ -149,11 +154,7 @@ def test_lora_fine_tune_saves_a_small_adapter_that_generation_loads(tiny_model_d
 def test_train_only_freezes_everything_else(tiny_model_dir, tiny_clip_dir, tmp_path):
     from safetensors.torch import load_file
 
-    src, out, run = _folder(tmp_path), tmp_path / "data", tmp_path / "run"
-    assert main(["data", "import", str(src), "--out", str(out), "--default-caption", "an icon"]) == 0
-    assert main(["train", "decoder", "--preset", "tiny", "--data", str(out), "--out", str(run), "--max-steps", "2",
-                 "--batch-size", "2", "--lr", "1e-2", "--init-from", str(tiny_model_dir), "--train-only", "text_proj",
-                 "--option", f"clip={tiny_clip_dir}"]) == 0
+    run = _import_and_fine_tune(tmp_path, tiny_model_dir, tiny_clip_dir, "--max-steps", "2", "--train-only", "text_proj")
     before = load_file(next((tiny_model_dir / "decoder").glob("*.safetensors")))
     after = load_file(run / "checkpoint" / "model.safetensors")
     assert all(torch_equal(after["unet." + k], v) for k, v in before.items())  # the UNet did not move
