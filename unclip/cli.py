@@ -199,7 +199,9 @@ def _generate(a) -> int:
     params = {"prompt": a.prompt, "seed": a.seed, "num_images": a.num_images, "prior": a.prior, **steps,
               "prior_guidance_scale": a.prior_guidance, "decoder_guidance_scale": a.decoder_guidance,
               "sampler": a.sampler, "eta": a.eta, "best_of": a.best_of, "model": str(model), "model_hash": model_hash(model),
-              "upsampler_strength": a.upsampler_strength, **({"lora": loras} if loras else {})}
+              "upsampler_strength": a.upsampler_strength if a.upsampler_strength is not None else
+              (pipe.upsampler.config.strength if pipe.upsampler is not None else None),
+              **({"lora": loras} if loras else {})}
     out = pipe(a.prompt, a.num_images, **steps, prior_guidance_scale=a.prior_guidance,
                decoder_guidance_scale=a.decoder_guidance, sampler=a.sampler, eta=a.eta, best_of=a.best_of,
                prior=a.prior, upsample=not a.no_upsample, upsampler_strength=a.upsampler_strength,
@@ -580,8 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prior-guidance", type=float, default=4.0)
     g.add_argument("--decoder-guidance", type=float, default=8.0)
     g.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
-    g.add_argument("--upsampler-strength", type=float, default=1.0,
-                   help="1: upsample from pure noise (Karlo); below 1: from the noised bicubic image, fewer steps")
+    g.add_argument("--upsampler-strength", type=float,
+                   help="1: upsample from pure noise (Karlo); below 1: from the noised bicubic image, fewer steps "
+                        "(default: the upsampler's own)")
     g.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="a LoRA adapter from `train --lora-rank` "
                    "(repeatable; SCALE multiplies its update, default 1)")
     g.add_argument("--threads", type=int, default=0)

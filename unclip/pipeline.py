@@ -231,9 +231,10 @@ class UnCLIPPipeline:
     def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, prior_steps: int | None = None,
                  decoder_steps: int | None = None, upsampler_steps: int | None = None, prior_guidance_scale: float = 4.0,
                  decoder_guidance_scale: float = 8.0, sampler: str = "ddim", eta: float = 0.0, best_of: int = 2,
-                 prior: str = "diffusion", upsample: bool = True, upsampler_strength: float = 1.0,
+                 prior: str = "diffusion", upsample: bool = True, upsampler_strength: float | None = None,
                  generator: torch.Generator | None = None, output_type: str = "pil", progress: bool = False) -> UnCLIPOutput:
-        """Text -> images. Steps left as None take the sampler's defaults (sampling.DEFAULT_STEPS)."""
+        """Text -> images. Steps left as None take the sampler's defaults (sampling.DEFAULT_STEPS);
+        upsampler_strength None takes the upsampler's own (its config; 1 = from pure noise, as Karlo)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         _check(prompts, num_images_per_prompt, sampler, output_type)
         d = DEFAULT_STEPS[sampler]

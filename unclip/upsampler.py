@@ -27,6 +27,7 @@ class UpsamplerConfig:
     layers_per_block: int = 1
     norm_num_groups: int = 8
     degradation: str = "blur"  # "blur" | "bsr"
+    strength: float = 1.0  # default inference strength (1: from pure noise; below: from the noised bicubic image)
 
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)  # JSON presets and configs hold lists
@@ -65,15 +66,17 @@ class Upsampler(nn.Module):
         return unet(torch.cat([x_t, low_res_upsampled], dim=1), t).sample
 
     @torch.no_grad()
-    def sample(self, images: torch.Tensor, *, steps: int = 7, sampler: str = "ddim", strength: float = 1.0,
+    def sample(self, images: torch.Tensor, *, steps: int = 7, sampler: str = "ddim", strength: float | None = None,
                generator: torch.Generator | None = None, progress: str | None = None) -> torch.Tensor:
         """Low-resolution images (B, 3, s, s) in [-1, 1] -> (B, 3, f·s, f·s).
 
         strength 1 starts from pure noise (as Karlo and diffusers); below 1, from the bicubic
-        upsampling noised to the matching step, running only the last steps·strength steps."""
+        upsampling noised to the matching step, running only the last steps·strength steps. None: the
+        model's own default (config.strength, chosen by measurement when it was trained)."""
         from unclip.degrade import upsample
         from unclip.sampling import make_scheduler, sample, truncated_timesteps
 
+        strength = self.config.strength if strength is None else strength
         size = images.shape[-1] * self.config.factor
         cond = upsample(images, size)
         x = torch.randn(len(images), 3, size, size, generator=generator)
