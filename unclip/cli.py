@@ -302,7 +302,7 @@ def _eval(a) -> int:
 
     pipe, model = _load_pipe(a)
     judge_dir = _judge_dir(a.judge)
-    kw = {"sampler": a.sampler}
+    kw = {"sampler": a.sampler, **({"upsample": False} if a.no_upsample else {})}
     for k in ("prior_steps", "decoder_steps", "upsampler_steps"):
         if getattr(a, k) is not None:
             kw[k] = getattr(a, k)
@@ -680,6 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prior-steps", type=int)
     ev.add_argument("--decoder-steps", type=int)
     ev.add_argument("--upsampler-steps", type=int)
+    ev.add_argument("--no-upsample", action="store_true", help="judge the decoder's images (the judge sees 64 px anyway)")
     ev.add_argument("--json", action="store_true")
     rp = judged_command("report", "evaluation + the paper's ablations -> OUT/report.md with plots and grids", _report, 16)
     rp.add_argument("--out", type=Path, default=Path("docs"))
