@@ -90,3 +90,20 @@ def test_the_shipped_judge_is_another_architecture_and_eval_names_a_missing_judg
     assert load_clip_dir(SHIPPED).config.image_tower == "vit"  # the generator's CLIP is not the judge
     assert main(["eval", "--judge", str(tmp_path / "none"), "--model", str(SHIPPED)]) == 2
     assert "no judge at" in capsys.readouterr().err
+
+
+def test_eval_from_the_cli_prints_both_splits(tiny_model_dir, built_dataset, tmp_path, capsys):
+    import json
+
+    from unclip.cli import main
+    from unclip.clip import CLIPConfig, LockedTextCLIP
+
+    torch.manual_seed(0)
+    LockedTextCLIP(CLIPConfig(image_tower="convnext", image_size=16, depths=(1, 1), hidden_sizes=(8, 16),
+                              embed_dim=32)).save(tmp_path / "judge")
+    assert main(["eval", "--model", str(tiny_model_dir), "--judge", str(tmp_path / "judge"), "--data", str(built_dataset),
+                 "--n", "2", "--diversity-prompts", "1", "--diversity-samples", "2", "--prior-steps", "2",
+                 "--decoder-steps", "2", "--no-upsample", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(r["splits"]) == {"heldout_images", "heldout_concepts"} and r["generate"]["upsample"] is False
+    assert "images" not in r["splits"]["heldout_images"] and r["seconds_per_image"] > 0
