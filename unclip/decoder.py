@@ -119,19 +119,20 @@ class Decoder(nn.Module):
     @torch.no_grad()
     def sample(self, image_embeds: torch.Tensor, text, empty, *, steps: int = 25, guidance_scale: float = 8.0,
                sampler: str = "ddpm", eta: float = 0.0, generator: torch.Generator | None = None,
-               latents: torch.Tensor | None = None, clip_denoised: bool = True,
+               latents: torch.Tensor | None = None, clip_denoised: bool = True, spacing: str = "trailing",
                progress: str | None = None) -> torch.Tensor:
         """z_i (B, D) + caption (TextEncoding; `empty` encodes "") -> images (B, 3, S, S) in [-1, 1].
 
         The unconditional half uses the learned null z_i and the "" caption. `latents`: a given x_T
-        (e.g. from `invert`); clip_denoised=False turns off x0 clipping (exact inversion round trips).
+        (e.g. from `invert`); clip_denoised=False turns off x0 clipping (exact inversion round trips);
+        spacing: DDIM's timestep spacing ("leading" to decode an inverted x_T, see `invert`).
         """
         from unclip.sampling import make_scheduler, sample
 
         b, s = len(image_embeds), self.config.sample_size
         denoise = self.guided_denoiser(image_embeds, text, empty, guidance_scale)
         sched = make_scheduler(sampler, "epsilon", 1.0 if clip_denoised else None,
-                               learned_variance=self.config.learned_variance)
+                               learned_variance=self.config.learned_variance, spacing=spacing)
         x = latents.clone() if latents is not None else torch.randn(b, 3, s, s, generator=generator)
         x = sample(denoise, x, sched, steps, generator, eta=eta, desc=progress, keep_channels=3)
         return x.clamp(-1, 1)
@@ -151,7 +152,7 @@ class Decoder(nn.Module):
         from unclip.sampling import make_scheduler, report_step
 
         eps_fn = self.guided_denoiser(image_embeds, text, empty, guidance_scale)
-        sched = make_scheduler("ddim")
+        sched = make_scheduler("ddim", spacing="leading")  # decode with spacing="leading" too
         sched.set_timesteps(steps)
         ac = sched.alphas_cumprod
         ts = sched.timesteps.flip(0)  # ascending

@@ -42,11 +42,13 @@ DEFAULT_STEPS = {
 
 
 def make_scheduler(sampler: str, prediction_type: str = "epsilon", clip_range: float | None = 1.0,
-                   learned_variance: bool = False):
+                   learned_variance: bool = False, spacing: str = "trailing"):
     """A diffusers scheduler on the cosine schedule the stages were trained with.
 
     ddpm: `UnCLIPScheduler` (Karlo's; learned-range variance for the decoder, fixed-small otherwise).
-    ddim: `DDIMScheduler`, trailing timesteps ending at ᾱ = 1.
+    ddim: `DDIMScheduler`, trailing timesteps ending at ᾱ = 1 (spacing="leading" for inversion: its
+    last point is t = T − T/steps, where √ᾱ ≈ 0.04, not t = T − 1, where √ᾱ ≈ 5e-5 and the first
+    step back multiplies any ε mismatch by 2e4: an inverted x_T would not decode to its image).
     dpm++: `DPMSolverMultistepScheduler`, second order, trailing timesteps. Its first step starts
     where ᾱ ≈ 2e-9, so an ε-predicted x0 carries the ε error times 1/√ᾱ ≈ 2e4: `sample` clips x0
     to ±clip_range as DDIM and DDPM do (diffusers' own thresholding rescales instead of clipping
@@ -60,7 +62,7 @@ def make_scheduler(sampler: str, prediction_type: str = "epsilon", clip_range: f
                                prediction_type=prediction_type, clip_sample=clip, clip_sample_range=clip_range or 1.0)
     if sampler == "ddim":
         return DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type, clip_sample=clip,
-                             clip_sample_range=clip_range or 1.0, set_alpha_to_one=True, timestep_spacing="trailing")
+                             clip_sample_range=clip_range or 1.0, set_alpha_to_one=True, timestep_spacing=spacing)
     if sampler == "dpm++":
         sched = DPMSolverMultistepScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
                                            algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
