@@ -7,6 +7,13 @@ from conftest import overfit
 from unclip.train import TrainConfig
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Models draw their initial weights from the global generator: seed it per test, so a test's
+    weights do not depend on which tests ran before it."""
+    torch.manual_seed(0)
+
+
 def _cfg(stage, data, clip_dir, **options):
     return TrainConfig(stage=stage, preset="tiny", data=data, options={"clip": str(clip_dir), **options})
 
