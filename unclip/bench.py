@@ -124,10 +124,7 @@ def bench_generate(model, samplers=("ddpm", "ddim", "dpm++"), num_images: int = 
                      "num_images": num_images, "seconds": round(best, 3), "seconds_per_image": round(best / num_images, 3),
                      "upsampled": pipe.upsampler is not None})
     base = next((r["seconds"] for r in rows if r["sampler"] == "ddpm"), None)
-    if compare_diffusers:
-        rows_d = bench_vs_diffusers(pipe, num_images, repeats, prompt)
-    else:
-        rows_d = None
+    rows_d = bench_vs_diffusers(pipe, num_images, repeats, prompt) if compare_diffusers else None
     for r in rows:
         r["time_vs_ddpm"] = round(r["seconds"] / base, 3) if base else None
     return {"model": str(model), "threads": torch.get_num_threads(), "samplers": rows, "vs_diffusers": rows_d,

@@ -43,6 +43,15 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (setting it, even briefly, would
+    race with files other threads create)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

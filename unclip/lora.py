@@ -60,7 +60,8 @@ def load_lora(pipe, path: Path, scale: float = 1.0) -> None:
     if path.is_dir():
         refuse_pickles(path)
         path = path / FILE
-    with safe_open(str(load_check(path)), "pt") as f:
+    tensors = load_safetensors(path)  # refuses pickles, names a missing file
+    with safe_open(str(path), "pt") as f:
         meta = (f.metadata() or {}).get("unclip_lora")
     if meta is None:
         raise ValueError(f"{path} is not an unclip LoRA file (no unclip_lora metadata)")
@@ -68,7 +69,6 @@ def load_lora(pipe, path: Path, scale: float = 1.0) -> None:
     module = getattr(pipe, meta["stage"], None)
     if module is None:
         raise ValueError(f"{path} adapts the {meta['stage']}, which this model does not have")
-    tensors = load_safetensors(path)
     add_lora(module, meta["stage"], meta["rank"], meta["alpha"])
     expected = set(lora_tensors(module))
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
@@ -82,16 +82,6 @@ def load_lora(pipe, path: Path, scale: float = 1.0) -> None:
             raise ValueError(f"{path}: {k} is {tuple(v.shape)}, the model needs {tuple(sd[k].shape)}")
         sd[k].copy_(v.float() * (scale if "lora_B" in k else 1.0))  # ΔW = B·A·α/r: scaling B scales ΔW
     module.eval().requires_grad_(False)
-
-
-def load_check(path: Path) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(f"no LoRA file at {path}")
-    from unclip.weights import PICKLE_SUFFIXES, _pickle_error
-
-    if path.suffix in PICKLE_SUFFIXES:
-        raise _pickle_error(path)
-    return path
 
 
 def parse_lora_arg(value: str) -> tuple[Path, float]:

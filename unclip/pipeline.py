@@ -264,7 +264,6 @@ class UnCLIPPipeline:
                                            generator=generator, progress="upsampler" if progress else None)
         return UnCLIPOutput(to_output(images, output_type), z_i)
 
-
     def clip_guided(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, steps: int = 50,
                     clip_guidance_scale: float = 300.0, cutn: int = 16, condition: str = "caption",
                     guidance_scale: float = 3.0, sampler: str = "ddim", eta: float = 0.0, upsampler_steps: int = 7,

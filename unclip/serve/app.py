@@ -141,12 +141,15 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         check_int("seed", seed, 0, 2**63 - 1)
         return seed
 
-    def submit(job: Job) -> JSONResponse:
+    def enqueue(job: Job) -> Job:
         try:
-            worker.submit(job)
+            return worker.submit(job)
         except QueueFull:
             raise HTTPException(429, detail=f"the queue is full ({limits.max_queue} jobs); retry later",
                                 headers={"Retry-After": str(_retry_after(worker))}) from None
+
+    def submit(job: Job) -> JSONResponse:
+        enqueue(job)
         return JSONResponse(job.public(worker.position(job)), status_code=202)
 
     def upsampler_steps(n: int | None = None) -> int:
@@ -167,6 +170,10 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
 
     @app.post("/v1/generate", status_code=202, dependencies=[Depends(auth)])
     def generate(req: GenerateRequest):
+        return submit(generate_job(req))
+
+    def generate_job(req: GenerateRequest) -> Job:
+        """A checked text-to-image job (not yet queued): /v1/generate and /sdapi/v1/txt2img."""
         import torch
 
         check_prompt("prompt", req.prompt)
@@ -185,7 +192,7 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         params = common(seed, task="generate", prompt=req.prompt, num_images=req.num_images, **kw)
         total = steps["prior_steps"] + steps["decoder_steps"] + upsampler_steps(steps["upsampler_steps"])
         run = lambda p: p(req.prompt, req.num_images, generator=torch.Generator().manual_seed(seed), **kw).images  # noqa: E731
-        return submit(Job("generate", run, params, total))
+        return Job("generate", run, params, total)
 
     @app.post("/v1/variations", status_code=202, dependencies=[Depends(auth)])
     async def variations(image: UploadFile = File(...), num_images: int = Form(4), seed: int | None = Form(None),
@@ -302,9 +309,8 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         check_int("height", req.height, 1, limits.max_resolution)
         check_float("cfg_scale", req.cfg_scale, 0, 100)
         sampler = A1111_SAMPLERS.get(req.sampler_name or "DDIM", "ddim")
-        resp = generate(GenerateRequest(prompt=req.prompt, num_images=n, seed=req.seed, sampler=sampler,
-                                        decoder_steps=req.steps, decoder_guidance_scale=req.cfg_scale))
-        job = worker.get(json.loads(resp.body)["id"])
+        job = enqueue(generate_job(GenerateRequest(prompt=req.prompt, num_images=n, seed=req.seed, sampler=sampler,
+                                                   decoder_steps=req.steps, decoder_guidance_scale=req.cfg_scale)))
         finished = await anyio.to_thread.run_sync(job.done.wait, limits.sync_timeout_s)
         if not finished:
             worker.cancel(job)
