@@ -42,6 +42,34 @@ def test_decoder_overfits_a_fixed_batch(built_dataset, tiny_clip_dir):
     assert last < first / 10
 
 
+def test_high_noise_weight_floors_the_x0_weight_at_high_noise_only():
+    from unclip.diffusion import Schedule, high_noise_weight, min_snr_weight
+
+    snr = Schedule().snr(torch.arange(1000))
+    w = torch.maximum(min_snr_weight(snr, 5.0), high_noise_weight(snr, 0.05))
+    low = snr >= 0.05
+    assert torch.equal(w[low], min_snr_weight(snr, 5.0)[low])  # t <= ~859 untouched
+    assert w[950] == pytest.approx(0.05 / float(snr[950]), rel=1e-6) and w[950] > 8
+    assert w[999] == 20.0  # capped
+    assert torch.equal(high_noise_weight(snr, 0.0), torch.zeros(1000))
+
+
+def test_decoder_loss_applies_the_high_noise_weight(built_dataset, tiny_clip_dir):
+    """At t = 950 the ε term of the loss is scaled by floor / SNR; the L_vlb term is not."""
+    from unclip.decoder import DecoderTask
+    from unclip.train import sample_generator
+
+    plain = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir))
+    floored = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, high_noise_floor=0.05))
+    floored.model.load_state_dict(plain.model.state_dict())
+    batch = plain.batch([0, 1, 2], [sample_generator(0, 0, i) for i in range(3)], "cpu")
+    batch["t"] = torch.full((3,), 950)
+    with torch.no_grad():
+        (l0, logs0), (l1, logs1) = plain.loss(plain.model, batch), floored.loss(floored.model, batch)
+    ratio = (l1 - logs1["vb"]) / (l0 - logs0["vb"])
+    assert float(ratio) == pytest.approx(0.05 / float(plain.schedule.snr(torch.tensor(950))), rel=1e-4)
+
+
 def test_decoder_shapes_guidance_null_and_roundtrip(tmp_path):
     from unclip.decoder import Decoder, DecoderConfig
     from unclip.presets import load_preset

@@ -201,7 +201,8 @@ class Decoder(nn.Module):
 
 
 class DecoderTask(ConditionedTask):
-    """Training task for the decoder. Options: clip=DIR (CLIP stage), min_snr_gamma (default 5)."""
+    """Training task for the decoder. Options: clip=DIR (CLIP stage), min_snr_gamma (default 5),
+    high_noise_floor (default 0: off; the recipe uses 0.05, see `high_noise_weight`)."""
 
     def __init__(self, cfg, conditioning=None):
         from unclip.conditioning import Conditioning, clip_dir_for, stage_config
@@ -214,6 +215,7 @@ class DecoderTask(ConditionedTask):
         self.clip_dir = self.cond.clip_dir
         self.schedule = Schedule()
         self.gamma = float(cfg.options.get("min_snr_gamma", 5.0))
+        self.high_noise_floor = float(cfg.options.get("high_noise_floor", 0.0))
         self._heldout = None
 
     def batch(self, indices, gens, device) -> dict:
@@ -231,7 +233,7 @@ class DecoderTask(ConditionedTask):
         return {k: v.to(device) for k, v in b.items()}
 
     def loss(self, model: "Decoder", batch: dict):
-        from unclip.diffusion import min_snr_weight, vlb_loss
+        from unclip.diffusion import high_noise_weight, min_snr_weight, vlb_loss
 
         sched = self.schedule.to(batch["x0"].device)
         x_t = sched.q_sample(batch["x0"], batch["t"], batch["noise"])
@@ -239,7 +241,9 @@ class DecoderTask(ConditionedTask):
                      batch["text_mask"], batch["image_dropped"]).float()
         eps, v = out[:, :3], out[:, 3:]
         mse = (eps - batch["noise"]).pow(2).flatten(1).mean(1)  # (B,)
-        weight = min_snr_weight(sched.snr(batch["t"]), self.gamma) if self.gamma else torch.ones_like(mse)
+        snr = sched.snr(batch["t"])
+        weight = min_snr_weight(snr, self.gamma) if self.gamma else torch.ones_like(mse)
+        weight = torch.maximum(weight, high_noise_weight(snr, self.high_noise_floor))
         loss = (weight * mse).mean()
         logs = {"mse": mse.mean().detach()}
         if self.config.learned_variance:
