@@ -1,0 +1,75 @@
+"""What the commands share: loading the model, opening images, saving grids with their parameters."""
+
+from pathlib import Path
+
+
+def check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        raise ValueError("the prompt is empty; give a description such as \"a grinning cat, 3D style\"")
+
+
+def apply_loras(pipe, values) -> list[str]:
+    from unclip.lora import parse_lora_arg
+
+    out = []
+    for v in values or []:
+        path, scale = parse_lora_arg(v)
+        pipe.load_lora(path, scale)
+        out.append(f"{path}:{scale}")
+    return out
+
+
+def open_image(path: Path):
+    from unclip.data.render import CorruptImage, open_raster
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image at {path}")
+    try:
+        return open_raster(path.read_bytes())
+    except CorruptImage as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def image_or_prompt(value: str):
+    p = Path(value)
+    return open_image(p) if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp") else value
+
+
+def load_pipe(a):
+    import torch
+
+    from unclip.models import default_model_dir
+    from unclip.pipeline import UnCLIPPipeline
+
+    model = a.model or default_model_dir()
+    if model is None:
+        raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    return UnCLIPPipeline.from_pretrained(model), model
+
+
+def common_params(a, model, **extra) -> dict:
+    from unclip.models import model_hash
+
+    return {"seed": a.seed, "decoder_steps": a.decoder_steps, "decoder_guidance_scale": a.decoder_guidance,
+            "model": str(model), "model_hash": model_hash(model), **extra}
+
+
+def save_grid(images, a, params, cols=None) -> None:
+    from unclip.images import grid, save_png
+
+    save_png(grid(images, cols), a.out, params)
+    print(f"wrote {a.out} ({len(images)} images)")
+
+
+def find_judge(given: Path | None) -> Path:
+    from unclip.models import JUDGE
+    from unclip.paths import runs_dir
+
+    d = Path(given) if given else JUDGE if (JUDGE / "clip.safetensors").exists() else runs_dir() / "judge" / "model"
+    if not (d / "clip.safetensors").exists():
+        raise FileNotFoundError(f"no judge at {d}: train one with `unclip train clip --preset judge --seed 1 "
+                                "--option subset=0.9 --out ~/.cache/unclip/runs/judge` or pass --judge DIR")
+    return d

@@ -1,0 +1,179 @@
+"""`unclip eval`, `report` and `bench train|generate|serve`."""
+
+import json
+from pathlib import Path
+
+from unclip.cli.common import find_judge, load_pipe
+from unclip.paths import default_data_dir
+
+
+def register(sub) -> None:
+    from unclip.stages import STAGES
+
+    def judged_command(name, help_, fn, n):
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+        c.add_argument("--judge", type=Path, help="judge CLIP directory (default: the shipped judge)")
+        c.add_argument("--data", type=Path, default=default_data_dir())
+        c.add_argument("--n", type=int, default=n, help="prompts per held-out split (and setting)")
+        c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--threads", type=int, default=0)
+        c.set_defaults(fn=fn)
+        return c
+
+    ev = judged_command("eval", "generated vs real held-out images under an independent judge", _eval, 64)
+    ev.add_argument("--diversity-prompts", type=int, default=8)
+    ev.add_argument("--diversity-samples", type=int, default=4)
+    ev.add_argument("--sampler", default="ddim")
+    ev.add_argument("--prior-steps", type=int)
+    ev.add_argument("--decoder-steps", type=int)
+    ev.add_argument("--upsampler-steps", type=int)
+    ev.add_argument("--no-upsample", action="store_true", help="judge the decoder's images (the judge sees 64 px anyway)")
+    ev.add_argument("--json", action="store_true")
+    rp = judged_command("report", "evaluation + the paper's ablations -> OUT/report.md with plots and grids", _report, 16)
+    rp.add_argument("--out", type=Path, default=Path("docs"))
+    rp.add_argument("--sections", help="comma-separated subset of: " + ", ".join(
+        ("headline", "conditioning", "guidance", "priors", "samplers", "clip_guided")))
+    bench = sub.add_parser("bench", help="measure speed").add_subparsers(dest="bench_command", required=True)
+    bt = bench.add_parser("train", help="training samples/s, FLOPs per sample and MFU vs this machine's matmul peak")
+    bt.add_argument("--stage", choices=STAGES, default="decoder")
+    bt.add_argument("--preset", default="small")
+    bt.add_argument("--data", type=Path, default=default_data_dir())
+    bt.add_argument("--clip", type=Path, help="CLIP stage directory (prior/decoder conditioning)")
+    bt.add_argument("--batch-size", type=int, default=32)
+    bt.add_argument("--steps", type=int, default=5)
+    bt.add_argument("--threads", type=int, default=0)
+    bt.add_argument("--json", action="store_true")
+    bt.set_defaults(fn=_bench_train)
+    bg = bench.add_parser("generate", help="text -> image time per sampler at its default steps")
+    bg.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    bg.add_argument("--samplers", default="ddpm,ddim,dpm++")
+    bg.add_argument("--num-images", type=int, default=4)
+    bg.add_argument("--repeats", type=int, default=2, help="timed calls per sampler; the best is kept")
+    bg.add_argument("--threads", type=int, default=0)
+    bg.add_argument("--diffusers", action="store_true", help="also time diffusers' UnCLIPPipeline on the same weights")
+    bg.add_argument("--json", action="store_true")
+    bg.set_defaults(fn=_bench_generate)
+    bs = bench.add_parser("serve", help="a real server on loopback: concurrent clients, then a fuzz run")
+    bs.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    bs.add_argument("--clients", type=int, default=4)
+    bs.add_argument("--seconds", type=float, default=30.0)
+    bs.add_argument("--max-queue", type=int, default=4, help="the server's queue bound (small, to see 429s)")
+    bs.add_argument("--prior-steps", type=int, default=6)
+    bs.add_argument("--decoder-steps", type=int, default=6)
+    bs.add_argument("--fuzz", type=int, default=500, help="malformed requests after the load (0: none)")
+    bs.add_argument("--threads", type=int, default=0, help="the server's torch threads")
+    bs.add_argument("--json", action="store_true")
+    bs.set_defaults(fn=_bench_serve)
+
+
+def _eval(a) -> int:
+    from unclip.conditioning import load_clip_dir
+    from unclip.evaluate import evaluate, strip
+
+    pipe, model = load_pipe(a)
+    judge_dir = find_judge(a.judge)
+    kw = {"sampler": a.sampler, **({"upsample": False} if a.no_upsample else {})}
+    for k in ("prior_steps", "decoder_steps", "upsampler_steps"):
+        if getattr(a, k) is not None:
+            kw[k] = getattr(a, k)
+    r = evaluate(pipe, load_clip_dir(judge_dir), a.data, n=a.n, diversity_prompts=a.diversity_prompts,
+                 diversity_samples=a.diversity_samples, seed=a.seed, generate_kwargs=kw)
+    r = strip(r)
+    r["model"], r["judge"] = str(model), str(judge_dir)
+    if a.json:
+        print(json.dumps(r))
+        return 0
+    for split, m in r["splits"].items():
+        print(f"{split:<17} FD {m['fd']:.3f} [{m['fd_ci95'][0]:.3f}, {m['fd_ci95'][1]:.3f}]  precision {m['precision']:.3f}  "
+              f"recall {m['recall']:.3f}  CLIP score {m['clip_score']:.3f} (real {m['clip_score_real']:.3f})  "
+              f"top-1 {m['top1']:.3f} / top-5 {m['top5']:.3f} (real {m['top1_real']:.3f} / {m['top5_real']:.3f})")
+    d = r["diversity"]
+    print(f"diversity (1 - cos within a prompt): generated {d['generated']:.3f}, real within a concept {d['real']:.3f}")
+    return 0
+
+
+def _report(a) -> int:
+    from unclip.conditioning import load_clip_dir
+    from unclip.report import SECTIONS, run_report
+
+    pipe, model = load_pipe(a)
+    judge_dir = find_judge(a.judge)
+    sections = a.sections.split(",") if a.sections else SECTIONS
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown sections {', '.join(sorted(unknown))}; sections: {', '.join(SECTIONS)}")
+    run_report(pipe, load_clip_dir(judge_dir), a.data, a.out, n=a.n, seed=a.seed, sections=sections)
+    print(f"wrote {Path(a.out) / 'report.md'}")
+    return 0
+
+
+def _bench_train(a) -> int:
+    import torch
+
+    from unclip.bench import bench_train
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    options = {"clip": str(a.clip)} if a.clip else {}
+    r = bench_train(a.stage, a.preset, a.data, a.batch_size, steps=a.steps, options=options)
+    print(json.dumps(r) if a.json else "\n".join(f"{k:>24}: {v}" for k, v in r.items()))
+    return 0
+
+
+def _bench_generate(a) -> int:
+    import torch
+
+    from unclip.bench import bench_generate
+    from unclip.models import default_model_dir
+
+    model = a.model or default_model_dir()
+    if model is None:
+        raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    r = bench_generate(model, a.samplers.split(","), a.num_images, a.repeats, compare_diffusers=a.diffusers)
+    if a.json:
+        print(json.dumps(r))
+    else:
+        for row in r["samplers"]:
+            print(f"{row['sampler']:>6} {row['prior_steps']:>3}/{row['decoder_steps']:>3}/{row['upsampler_steps']:>2} steps  "
+                  f"{row['seconds']:7.2f} s  {row['seconds_per_image']:6.2f} s/image  ×{row['time_vs_ddpm']} of ddpm")
+        print(f"peak RSS {r['peak_rss_mb']} MB, {r['threads']} threads")
+        d = r["vs_diffusers"]
+        if d:
+            print(f"vs diffusers UnCLIPPipeline (same weights, DDPM {'/'.join(map(str, d['steps']))}): ours {d['ours_s']} s, "
+                  f"diffusers {d['diffusers_s']} s, ratio {d['time_ratio']}; peak +{d['ours_peak_mb']} MB vs "
+                  f"+{d['diffusers_peak_mb']} MB; max |Δ| of the images {d['max_abs_diff']:.2e}")
+    return 0
+
+
+def _bench_serve(a) -> int:
+    from unclip.models import default_model_dir
+    from unclip.serve.fuzz import GOOD, fuzz, load, start_server
+
+    model = a.model or default_model_dir()
+    if model is None:
+        raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    key = "bench-key"
+    proc, url = start_server(model, "--max-queue", str(a.max_queue), "--api-key", key, threads=a.threads)
+    try:
+        body = {**GOOD, "decoder_steps": a.decoder_steps, "prior_steps": a.prior_steps, "upsampler_steps": 2}
+        r = {"model": str(model), "load": load(url, a.clients, a.seconds, body, api_key=key)}
+        if a.fuzz:
+            f = fuzz(url, a.fuzz, api_key=key)
+            r["fuzz"] = {k: v for k, v in f.items() if k != "unexpected"} | {"unexpected": f["unexpected"][:10]}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    if a.json:
+        print(json.dumps(r))
+    else:
+        ld = r["load"]
+        print(f"load: {ld['clients']} clients × {ld['seconds']} s: {ld['completed']} jobs done, p50 {ld['p50_s']} s, "
+              f"p95 {ld['p95_s']} s, 429s {ld['429']}, 5xx {ld['5xx']}, errors {ld['errors']}, timeouts {ld['timeouts']}")
+        if "fuzz" in r:
+            fz = r["fuzz"]
+            print(f"fuzz: {fz['requests']} malformed requests: 4xx {fz['4xx']}, 2xx {fz['2xx']}, 5xx {fz['5xx']}, "
+                  f"errors {fz['errors']}, healthy after: {fz['healthy_after']}; by status {fz['by_status']}")
+    return 0
