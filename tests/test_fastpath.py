@@ -52,3 +52,13 @@ def test_fast_resnets_step_aside_for_training_and_unbind():
         assert fast_resnets(unet, enabled=False) >= 4
         assert not any("forward" in m.__dict__ for m in unet.modules())
         assert torch.equal(run(), ref)
+
+
+def test_tune_malloc_applies_on_glibc():
+    import platform
+
+    from unclip.fastpath import tune_malloc
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert tune_malloc() is True  # mallopt answers 0 for a parameter it does not know

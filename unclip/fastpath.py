@@ -64,3 +64,23 @@ def fast_resnets(module: nn.Module, enabled: bool = True) -> int:
                 block.__dict__.pop("forward", None)
             n += 1
     return n
+
+
+def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """glibc: serve activations up to `mmap_threshold` bytes from the heap and keep freed memory there.
+
+    By default glibc maps every block over 128 KB-32 MB fresh from the kernel and returns it when freed,
+    so each UNet call page-faults its activations in again (a 256 px upsampler activation is 16 MB).
+    Process-wide, so only the `unclip` command and server call it; returns False where it does not
+    apply (not glibc, e.g. macOS or musl).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, trim_threshold))

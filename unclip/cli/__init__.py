@@ -18,7 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from unclip.fastpath import tune_malloc
+
     args = build_parser().parse_args(argv)
+    tune_malloc()  # the command is its own process: keep activations' memory between UNet calls
     try:
         return args.fn(args)
     except KeyboardInterrupt:
