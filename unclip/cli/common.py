@@ -36,15 +36,22 @@ def image_or_prompt(value: str):
     return open_image(p) if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp") else value
 
 
-def load_pipe(a):
-    import torch
-
+def model_dir(a) -> Path:
+    """--model, else the shipped model."""
     from unclip.models import default_model_dir
-    from unclip.pipeline import UnCLIPPipeline
 
     model = a.model or default_model_dir()
     if model is None:
         raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    return model
+
+
+def load_pipe(a):
+    import torch
+
+    from unclip.pipeline import UnCLIPPipeline
+
+    model = model_dir(a)
     if a.threads:
         torch.set_num_threads(a.threads)
     return UnCLIPPipeline.from_pretrained(model), model

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from unclip.cli.common import find_judge, load_pipe
+from unclip.cli.common import find_judge, load_pipe, model_dir
 from unclip.paths import default_data_dir
 
 
@@ -30,10 +30,12 @@ def register(sub) -> None:
     ev.add_argument("--upsampler-steps", type=int)
     ev.add_argument("--no-upsample", action="store_true", help="judge the decoder's images (the judge sees 64 px anyway)")
     ev.add_argument("--json", action="store_true")
+
     rp = judged_command("report", "evaluation + the paper's ablations -> OUT/report.md with plots and grids", _report, 16)
     rp.add_argument("--out", type=Path, default=Path("docs"))
     rp.add_argument("--sections", help="comma-separated subset of: " + ", ".join(
         ("headline", "conditioning", "guidance", "priors", "samplers", "clip_guided")))
+
     bench = sub.add_parser("bench", help="measure speed").add_subparsers(dest="bench_command", required=True)
     bt = bench.add_parser("train", help="training samples/s, FLOPs per sample and MFU vs this machine's matmul peak")
     bt.add_argument("--stage", choices=STAGES, default="decoder")
@@ -125,11 +127,8 @@ def _bench_generate(a) -> int:
     import torch
 
     from unclip.bench import bench_generate
-    from unclip.models import default_model_dir
 
-    model = a.model or default_model_dir()
-    if model is None:
-        raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    model = model_dir(a)
     if a.threads:
         torch.set_num_threads(a.threads)
     r = bench_generate(model, a.samplers.split(","), a.num_images, a.repeats, compare_diffusers=a.diffusers)
@@ -149,12 +148,9 @@ def _bench_generate(a) -> int:
 
 
 def _bench_serve(a) -> int:
-    from unclip.models import default_model_dir
     from unclip.serve.fuzz import GOOD, fuzz, load, start_server
 
-    model = a.model or default_model_dir()
-    if model is None:
-        raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    model = model_dir(a)
     key = "bench-key"
     proc, url = start_server(model, "--max-queue", str(a.max_queue), "--api-key", key, threads=a.threads)
     try:

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from unclip.cli.common import (apply_loras, check_prompt, common_params, image_or_prompt, load_pipe,
-                               open_image, save_grid)
+                               model_dir, open_image, save_grid)
 
 
 def register(sub) -> None:
@@ -48,16 +48,19 @@ def register(sub) -> None:
     v.add_argument("--num-images", type=int, default=4)
     v.add_argument("--eta", type=float, default=1.0, help="DDIM η: 0 keeps the most, 1 varies the most")
     v.add_argument("--inversion", action="store_true", help="start from the image's own inverted x_T")
+
     i = image_command("invert", "DDIM inversion: an image -> (z_i, x_T), saved as safetensors, with its reconstruction",
                       _invert, "inversion.png")
     i.add_argument("image", type=Path)
     i.add_argument("--caption", default="", help="the caption to invert under (default: none)")
     i.add_argument("--fixed-point-iters", type=int, default=0, help="per-step refinements (exact inversion as it grows)")
+
     it = image_command("interpolate", "slerp between two images (or two prompts): a grid and a GIF", _interpolate,
                        "interpolation.png")
     it.add_argument("a", help="image path or prompt")
     it.add_argument("b", help="image path or prompt")
     it.add_argument("--frames", type=int, default=8)
+
     ed = image_command("edit", "text diff: move an image from one caption towards another", _edit, "edit.png")
     ed.add_argument("image", type=Path)
     ed.add_argument("--from", dest="from_text", required=True, help="a caption of the image as it is")
@@ -75,6 +78,7 @@ def register(sub) -> None:
     gd.add_argument("--sampler", default="ddim", help="ddpm | ddim | dpm++ (default: ddim)")
     gd.add_argument("--upsampler-steps", type=int, default=7)
     gd.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
+
     pb = image_command("probe", "what z_i keeps: decode an image from its first k PCA components, for each k", _probe,
                        "pca_probe.png")
     pb.add_argument("image", type=Path)
@@ -92,12 +96,10 @@ def _generate(a) -> int:
     import torch
 
     from unclip.images import grid, save_png
-    from unclip.models import default_model_dir, model_hash
+    from unclip.models import model_hash
     from unclip.pipeline import UnCLIPPipeline
 
-    model = a.model or default_model_dir()
-    if model is None:
-        raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    model = model_dir(a)
     check_prompt(a.prompt)
     if a.threads:
         torch.set_num_threads(a.threads)

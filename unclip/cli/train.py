@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from unclip.cli.common import model_dir
 from unclip.paths import default_data_dir
 
 
@@ -40,6 +41,7 @@ def register(sub) -> None:
     r.add_argument("--clip", type=Path, help="CLIP stage directory (default: the shipped model, else the CLIP run)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(fn=_retrieval)
+
     ft = sub.add_parser("finetune", help="import your images, embed them and fine-tune the prior and decoder, in one go")
     ft.add_argument("src", type=Path, help="a folder of captioned images or WebDataset .tar shards (see `data import`)")
     ft.add_argument("--out", type=Path, required=True, help="where data/, runs/, model/ (or lora/) and before_after.png go")
@@ -55,6 +57,7 @@ def register(sub) -> None:
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--json", action="store_true")
     ft.set_defaults(fn=_finetune)
+
     pc = sub.add_parser("pca", help="fit the PCA of the training split's z_i into the model directory (for `probe`)")
     pc.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
     pc.add_argument("--data", type=Path, default=default_data_dir())
@@ -118,12 +121,9 @@ def _pca(a) -> int:
     import torch
 
     from unclip.conditioning import Conditioning
-    from unclip.models import default_model_dir
     from unclip.pca import fit_pca, save_pca
 
-    model = a.model or default_model_dir()
-    if model is None:
-        raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
+    model = model_dir(a)
     z = Conditioning(a.data, "train", model).image_embed  # (N, D), computed by `unclip embed` if missing
     pca = fit_pca(torch.from_numpy(np.asarray(z, dtype=np.float32)))
     path = save_pca(pca, model)
