@@ -80,6 +80,14 @@ def test_report_runs_every_section_and_writes_markdown(tiny_model_dir, built_dat
         assert (tmp_path / "report" / f).exists()
 
 
+def test_report_says_which_section_did_not_run():
+    from unclip.report import render_markdown
+
+    md = render_markdown({"model": "m", "n": 1, "seed": 0, "sections": {},
+                          "skipped": {"priors": "this model has no autoregressive prior (ar_prior_config.json)"}})
+    assert "## Diffusion vs autoregressive prior\n\nNot run: this model has no autoregressive prior" in md
+
+
 def test_the_shipped_judge_is_another_architecture_and_eval_names_a_missing_judge(tmp_path, capsys):
     from unclip.cli import main
     from unclip.conditioning import load_clip_dir

@@ -82,6 +82,8 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
                                                                           decoder_guidance_scale=scale), split)})
         results["sections"]["guidance"] = rows
         _plot_guidance(rows, out / "report" / "guidance.png")
+    if "priors" in sections and pipe.ar_prior is None:
+        results["skipped"] = {"priors": "this model has no autoregressive prior (ar_prior_config.json)"}
     if "priors" in sections and pipe.ar_prior is not None:
         log("priors")
         results["sections"]["priors"] = [_row(name, ev(name, prior=prior, div=0), split)
@@ -189,6 +191,8 @@ def render_markdown(results: dict) -> str:
                               ("priors", "Diffusion vs autoregressive prior", "setting"),
                               ("samplers", "Samplers at their default steps", "sampler"),
                               ("clip_guided", "CLIP-guided baseline vs unCLIP", "setting")):
+        if key in results.get("skipped", {}):
+            md += [f"## {title}", "", f"Not run: {results['skipped'][key]}.", ""]
         if key in s:
             lead = [first] + (["setting"] if first == "decoder_guidance" else []) + (["steps"] if key == "samplers" else [])
             md += [f"## {title}", "", _table(s[key], lead + METRICS), ""]
