@@ -35,6 +35,7 @@ def register(sub) -> None:
     rp.add_argument("--out", type=Path, default=Path("docs"))
     rp.add_argument("--sections", help="comma-separated subset of: " + ", ".join(
         ("headline", "conditioning", "guidance", "priors", "samplers", "clip_guided")))
+    rp.add_argument("--no-upsample", action="store_true", help="judge and time the decoder's images (the judge sees 64 px)")
 
     bench = sub.add_parser("bench", help="measure speed").add_subparsers(dest="bench_command", required=True)
     bt = bench.add_parser("train", help="training samples/s, FLOPs per sample and MFU vs this machine's matmul peak")
@@ -105,7 +106,8 @@ def _report(a) -> int:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {', '.join(sorted(unknown))}; sections: {', '.join(SECTIONS)}")
-    run_report(pipe, load_clip_dir(judge_dir), a.data, a.out, n=a.n, seed=a.seed, sections=sections)
+    run_report(pipe, load_clip_dir(judge_dir), a.data, a.out, n=a.n, seed=a.seed, sections=sections,
+               upsample=not a.no_upsample)
     print(f"wrote {Path(a.out) / 'report.md'}")
     return 0
 
