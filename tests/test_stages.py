@@ -70,6 +70,36 @@ def test_decoder_loss_applies_the_high_noise_weight(built_dataset, tiny_clip_dir
     assert float(ratio) == pytest.approx(0.05 / float(plain.schedule.snr(torch.tensor(950))), rel=1e-4)
 
 
+def test_dc_error_counts_the_mean_colour_like_all_other_frequencies_together():
+    from unclip.diffusion import dc_error
+
+    flat = torch.full((2, 3, 8, 8), 0.5)  # an error that is only a mean colour
+    assert torch.allclose(dc_error(flat), torch.full((2,), 0.25 * 64))
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(4, 4).expand(2, 3, 8, 8)  # zero mean
+    assert torch.equal(dc_error(checker), torch.zeros(2))
+
+
+def test_decoder_loss_adds_the_mean_colour_error_at_high_noise_only(built_dataset, tiny_clip_dir):
+    from unclip.decoder import DecoderTask
+    from unclip.diffusion import dc_error, high_noise_weight
+    from unclip.train import sample_generator
+
+    base = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, high_noise_floor=0.05))
+    dc = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, high_noise_floor=0.05, dc_weight=0.01))
+    dc.model.load_state_dict(base.model.state_dict())
+    batch = base.batch([0, 1], [sample_generator(0, 0, i) for i in range(2)], "cpu")
+    for t, expect_dc in ((950, True), (500, False)):
+        batch["t"] = torch.full((2,), t)
+        with torch.no_grad():
+            (l0, _), (l1, logs) = base.loss(base.model, batch), dc.loss(dc.model, batch)
+            x_t = base.schedule.q_sample(batch["x0"], batch["t"], batch["noise"])
+            eps = base.model(x_t, batch["t"], batch["image_embed"], batch["text_embed"], batch["text_hidden"],
+                             batch["text_mask"], batch["image_dropped"])[:, :3]
+            w = high_noise_weight(base.schedule.snr(batch["t"]), 0.05)
+            extra = (0.01 * w * dc_error(eps - batch["noise"])).mean() if expect_dc else 0.0
+        assert float(l1 - l0) == pytest.approx(float(extra), rel=1e-4, abs=1e-7)
+
+
 def test_decoder_shapes_guidance_null_and_roundtrip(tmp_path):
     from unclip.decoder import Decoder, DecoderConfig
     from unclip.presets import load_preset

@@ -202,7 +202,9 @@ class Decoder(nn.Module):
 
 class DecoderTask(ConditionedTask):
     """Training task for the decoder. Options: clip=DIR (CLIP stage), min_snr_gamma (default 5),
-    high_noise_floor (default 0: off; the recipe uses 0.05, see `high_noise_weight`)."""
+    high_noise_floor (default 0: off; the recipe uses 0.05, see `high_noise_weight`), dc_weight
+    (default 0: off; the recipe uses 0.01: the mean-colour error `dc_error`, where SNR < high_noise_floor,
+    with the high-noise weight)."""
 
     def __init__(self, cfg, conditioning=None):
         from unclip.conditioning import Conditioning, clip_dir_for, stage_config
@@ -216,6 +218,7 @@ class DecoderTask(ConditionedTask):
         self.schedule = Schedule()
         self.gamma = float(cfg.options.get("min_snr_gamma", 5.0))
         self.high_noise_floor = float(cfg.options.get("high_noise_floor", 0.0))
+        self.dc_weight = float(cfg.options.get("dc_weight", 0.0))
         self._heldout = None
 
     def batch(self, indices, gens, device) -> dict:
@@ -233,19 +236,26 @@ class DecoderTask(ConditionedTask):
         return {k: v.to(device) for k, v in b.items()}
 
     def loss(self, model: "Decoder", batch: dict):
-        from unclip.diffusion import high_noise_weight, min_snr_weight, vlb_loss
+        from unclip.diffusion import dc_error, high_noise_weight, min_snr_weight, vlb_loss
 
         sched = self.schedule.to(batch["x0"].device)
         x_t = sched.q_sample(batch["x0"], batch["t"], batch["noise"])
         out = model(x_t, batch["t"], batch["image_embed"], batch["text_embed"], batch["text_hidden"],
                      batch["text_mask"], batch["image_dropped"]).float()
         eps, v = out[:, :3], out[:, 3:]
-        mse = (eps - batch["noise"]).pow(2).flatten(1).mean(1)  # (B,)
+        err = eps - batch["noise"]
+        mse = err.pow(2).flatten(1).mean(1)  # (B,)
         snr = sched.snr(batch["t"])
         weight = min_snr_weight(snr, self.gamma) if self.gamma else torch.ones_like(mse)
         weight = torch.maximum(weight, high_noise_weight(snr, self.high_noise_floor))
-        loss = (weight * mse).mean()
         logs = {"mse": mse.mean().detach()}
+        loss = weight * mse
+        if self.dc_weight and self.high_noise_floor:  # only where the mean colour of x_t is noise enough to learn
+            dc = dc_error(err)
+            high = snr < self.high_noise_floor
+            logs["dc_high_noise"] = dc[high].mean().detach() if high.any() else dc.new_zeros(())
+            loss = loss + torch.where(high, self.dc_weight * high_noise_weight(snr, self.high_noise_floor) * dc, 0.0)
+        loss = loss.mean()
         if self.config.learned_variance:
             vb = vlb_loss(sched, batch["x0"], x_t, batch["t"], eps, v).mean()
             loss = loss + vb

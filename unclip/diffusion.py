@@ -98,6 +98,20 @@ def high_noise_weight(snr: torch.Tensor, floor: float, cap: float = 20.0) -> tor
     return torch.clamp(floor / snr, max=cap)
 
 
+def dc_error(err: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared error of the per-channel spatial means of an ε error (B, C, H, W) -> (B,),
+    scaled by H·W so that iid errors give it the size of their MSE.
+
+    The ε MSE counts an image's mean colour as 1 of H·W frequencies, so the decoder learned to read
+    the mean of x_t as signal at every t. Near t = T that is wrong, and sampling divides it by √ᾱ_t
+    (~5e-5 at t = 999): a random tint of the starting noise became a saturated background colour.
+    Adding this term weights the mean as much as everything else; a positive-definite reweighting of
+    the ε error keeps E[ε | x_t] as the minimiser, so it changes what is learned first, not the target.
+    """
+    h, w = err.shape[-2:]
+    return err.float().mean((2, 3)).pow(2).mean(1) * (h * w)
+
+
 def normal_kl(mean1, logvar1, mean2, logvar2):
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
