@@ -100,6 +100,42 @@ def test_decoder_loss_adds_the_mean_colour_error_at_high_noise_only(built_datase
         assert float(l1 - l0) == pytest.approx(float(extra), rel=1e-4, abs=1e-7)
 
 
+def test_decoder_start_is_standard_without_a_mean_colour_and_mean_coloured_with_one():
+    from unclip.decoder import Decoder, DecoderConfig
+    from unclip.sampling import make_scheduler
+
+    model = Decoder(DecoderConfig(**load_preset_tiny()))
+    x, strength = model.start(2, make_scheduler("ddim"), 25, torch.Generator().manual_seed(3))
+    assert strength == 1.0 and torch.equal(x, torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)))
+    model.config.dc_mean = (0.6, 0.5, -0.2)
+    for sampler, steps, first_kept in (("ddim", 25, 959), ("ddpm", 50, 979), ("dpm++", 12, 916)):
+        sched = make_scheduler(sampler)
+        x, strength = model.start(2, sched, steps, torch.Generator().manual_seed(3))
+        sched.set_timesteps(steps)
+        assert int(sched.timesteps[0]) == 999 and strength == (steps - 1) / steps  # only t = 999 dropped
+        a = sched.alphas_cumprod[first_kept]
+        dc = x.mean((2, 3))  # (B, 3): exactly the forward process's mean colour at that t
+        torch.testing.assert_close(dc, (a.sqrt() * torch.tensor([0.6, 0.5, -0.2])).expand(2, 3), atol=1e-6, rtol=0)
+    model.mean_start = False
+    assert model.start(2, make_scheduler("ddim"), 25)[1] == 1.0
+
+
+def test_decoder_task_records_the_data_mean_colour(built_dataset, tiny_clip_dir):
+    import numpy as np
+
+    from unclip.decoder import DecoderTask
+
+    task = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir))
+    want = np.asarray(task.cond.images).reshape(-1, 3).mean(0) / 127.5 - 1
+    assert task.model.config.dc_mean == pytest.approx(tuple(want), abs=1e-6)
+
+
+def load_preset_tiny():
+    from unclip.presets import load_preset
+
+    return load_preset("decoder", "tiny")
+
+
 def test_decoder_shapes_guidance_null_and_roundtrip(tmp_path):
     from unclip.decoder import Decoder, DecoderConfig
     from unclip.presets import load_preset

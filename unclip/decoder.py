@@ -37,9 +37,12 @@ class DecoderConfig:
     learned_variance: bool = True
     image_drop: float = 0.1  # CFG: z_i -> learned null embedding
     caption_drop: float = 0.5  # CFG: caption -> ""
+    dc_mean: tuple[float, ...] | None = None  # training images' mean colour in [-1, 1]: the mean start (see `start`)
 
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)  # JSON presets and configs hold lists
+        if self.dc_mean is not None:
+            self.dc_mean = tuple(float(v) for v in self.dc_mean)
 
     @property
     def time_embed_dim(self) -> int:
@@ -68,6 +71,7 @@ class Decoder(nn.Module):
             clip_extra_context_tokens=config.clip_extra_context_tokens, clip_embeddings_dim=config.clip_embed_dim,
             time_embed_dim=config.time_embed_dim, cross_attention_dim=config.cross_attention_dim,
         )
+        self.mean_start = True  # use config.dc_mean when present; False: N(0, I) from t = T, as diffusers
 
     @classmethod
     def wrap(cls, unet, text_proj) -> "Decoder":
@@ -82,6 +86,7 @@ class Decoder(nn.Module):
             clip_extra_context_tokens=text_proj.config.clip_extra_context_tokens, norm_num_groups=c.norm_num_groups,
             learned_variance=c.out_channels == 2 * c.in_channels)
         self.unet, self.text_proj = unet, text_proj
+        self.mean_start = True
         return self.eval()
 
     @property
@@ -129,13 +134,36 @@ class Decoder(nn.Module):
         """
         from unclip.sampling import make_scheduler, sample
 
-        b, s = len(image_embeds), self.config.sample_size
         denoise = self.guided_denoiser(image_embeds, text, empty, guidance_scale)
         sched = make_scheduler(sampler, "epsilon", 1.0 if clip_denoised else None,
                                learned_variance=self.config.learned_variance, spacing=spacing)
-        x = latents.clone() if latents is not None else torch.randn(b, 3, s, s, generator=generator)
-        x = sample(denoise, x, sched, steps, generator, eta=eta, desc=progress, keep_channels=3)
+        if latents is not None:
+            x, strength = latents.clone(), 1.0
+        else:
+            x, strength = self.start(len(image_embeds), sched, steps, generator)
+        x = sample(denoise, x, sched, steps, generator, eta=eta, desc=progress, keep_channels=3, strength=strength)
         return x.clamp(-1, 1)
+
+    def start(self, b: int, sched, steps: int, generator=None, min_alpha_bar: float = 1e-4):
+        """x_T (B, 3, S, S) and the share of the `steps` timesteps to run from it.
+
+        Standard (no config.dc_mean, or mean_start False): N(0, I) from the first timestep. With the
+        training images' mean colour μ: from the first timestep t with ᾱ_t ≥ min_alpha_bar (this drops
+        t = 999, where ᾱ = 2.4e-9 and no ε-model's x0 estimate means anything), at the forward
+        process's mean colour: x = √ᾱ_t μ + √(1 − ᾱ_t) (ε − mean(ε)). An ε-model learns the mean colour
+        of x_t as signal (it is 1 of H·W frequencies of its loss), so the start noise's own mean, ±1/S
+        per channel, was drawn as a tinted background; this start gives it the data's mean instead.
+        """
+        s = self.config.sample_size
+        x = torch.randn(b, 3, s, s, generator=generator)
+        if self.config.dc_mean is None or not self.mean_start:
+            return x, 1.0
+        sched.set_timesteps(steps)
+        ac = sched.alphas_cumprod
+        keep = int(sum(float(ac[int(t)]) >= min_alpha_bar for t in sched.timesteps))
+        a = ac[int(sched.timesteps[steps - keep])].float()
+        mu = torch.tensor(self.config.dc_mean, dtype=x.dtype)[None, :, None, None]
+        return a.sqrt() * mu + (1 - a).sqrt() * (x - x.mean((2, 3), keepdim=True)), keep / steps
 
     @torch.no_grad()
     def invert(self, images: torch.Tensor, image_embeds: torch.Tensor, text, empty, *, steps: int = 25,
@@ -211,9 +239,13 @@ class DecoderTask(ConditionedTask):
         from unclip.diffusion import Schedule
 
         self.cfg, self.config = cfg, stage_config(cfg, "decoder", DecoderConfig, "decoder_config.json")
-        self.model = Decoder(self.config)
         clip_dir = clip_dir_for(cfg)
         self.cond = conditioning or Conditioning(cfg.data, "train", clip_dir)
+        if self.config.dc_mean is None:  # the mean colour the sampler starts from (Decoder.start)
+            import numpy as np
+
+            self.config.dc_mean = tuple(np.asarray(self.cond.images).reshape(-1, 3).mean(0, dtype=np.float64) / 127.5 - 1)
+        self.model = Decoder(self.config)
         self.clip_dir = self.cond.clip_dir
         self.schedule = Schedule()
         self.gamma = float(cfg.options.get("min_snr_gamma", 5.0))
