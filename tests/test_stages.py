@@ -91,7 +91,7 @@ def test_decoder_loss_adds_the_mean_colour_error_at_high_noise_only(built_datase
     for t, expect_dc in ((950, True), (500, False)):
         batch["t"] = torch.full((2,), t)
         with torch.no_grad():
-            (l0, _), (l1, logs) = base.loss(base.model, batch), dc.loss(dc.model, batch)
+            (l0, _), (l1, _) = base.loss(base.model, batch), dc.loss(dc.model, batch)
             x_t = base.schedule.q_sample(batch["x0"], batch["t"], batch["noise"])
             eps = base.model(x_t, batch["t"], batch["image_embed"], batch["text_embed"], batch["text_hidden"],
                              batch["text_mask"], batch["image_dropped"])[:, :3]
