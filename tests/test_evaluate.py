@@ -73,6 +73,8 @@ def test_report_runs_every_section_and_writes_markdown(tiny_model_dir, built_dat
                    log=lambda *_: None)
     assert set(r["sections"]) == set(SECTIONS)
     assert [row["decoder_guidance"] for row in r["sections"]["guidance"]] == [1.0, 1.0, 3.0, 3.0, 8.0, 8.0]
+    samplers = [row["sampler"] for row in r["sections"]["samplers"]]
+    assert samplers == ["ddpm", "ddim", "dpm++", "diffusers UnCLIPPipeline (ddpm)"]  # peers on the same weights
     md = (tmp_path / "report.md").read_text()
     for title in ("Headline", "Decoder conditioning", "Guidance", "autoregressive", "Samplers", "CLIP-guided"):
         assert title in md

@@ -12,6 +12,7 @@ Sections (each an `evaluate` run under the judge, same prompts and seeds):
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -47,8 +48,11 @@ def _row(name: str, r: dict, split: str) -> dict:
 
 
 def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, sections=SECTIONS,
-               diversity_prompts: int = 4, diversity_samples: int = 4, upsample: bool = True, log=print) -> dict:
-    """upsample=False judges (and times) the decoder's images: the judge sees 64 px either way."""
+               diversity_prompts: int = 4, diversity_samples: int = 4, upsample: bool = True, compare_diffusers: bool = True,
+               log=print) -> dict:
+    """upsample=False judges (and times) the decoder's images: the judge sees 64 px either way.
+    compare_diffusers: the samplers section also runs diffusers' UnCLIPPipeline (its defaults, DDPM
+    25/25/7, always upsampled) on this model's weights exported to its layout."""
     from unclip.evaluate import evaluate, judge_view, strip
 
     view = judge_view(judge, data)
@@ -99,6 +103,10 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
             st = DEFAULT_STEPS[sampler]
             rows.append({"sampler": sampler, "steps": f"{st['prior']}/{st['decoder']}/{st['upsampler']}",
                          **_row(sampler, ev(sampler, sampler=sampler, div=0), split)})
+        if compare_diffusers:
+            with diffusers_generate(pipe) as theirs:
+                rows.append({"sampler": "diffusers UnCLIPPipeline (ddpm)", "steps": "25/25/7",
+                             **_row("diffusers", ev("diffusers", generate=theirs, div=0), split)})
         results["sections"]["samplers"] = rows
         _plot_samplers(rows, out / "report" / "samplers.png")
     if "clip_guided" in sections:
@@ -115,6 +123,26 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
     (out / "report" / "results.json").write_text(json.dumps(results, indent=1))
     (out / "report.md").write_text(render_markdown(results))
     return results
+
+
+@contextmanager
+def diffusers_generate(pipe):
+    """`generate(prompts, generator)` for `evaluate` by diffusers' UnCLIPPipeline on `pipe`'s weights."""
+    import tempfile
+
+    from unclip.interop import diffusers_pipeline, export_diffusers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_diffusers(pipe, Path(tmp) / "m")
+        theirs = diffusers_pipeline(Path(tmp) / "m")
+    theirs.set_progress_bar_config(disable=True)
+
+    def generate(prompts, g):
+        out = theirs(prompts, num_images_per_prompt=1, prior_num_inference_steps=25, decoder_num_inference_steps=25,
+                     super_res_num_inference_steps=7, generator=g, output_type="np").images  # (B, H, W, 3) in [0, 1]
+        return torch.from_numpy(out).permute(0, 3, 1, 2) * 2 - 1
+
+    yield generate
 
 
 def _grid(images: torch.Tensor, path: Path, cols: int = 8) -> None:

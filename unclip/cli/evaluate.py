@@ -36,6 +36,7 @@ def register(sub) -> None:
     rp.add_argument("--sections", help="comma-separated subset of: " + ", ".join(
         ("headline", "conditioning", "guidance", "priors", "samplers", "clip_guided")))
     rp.add_argument("--no-upsample", action="store_true", help="judge and time the decoder's images (the judge sees 64 px)")
+    rp.add_argument("--no-diffusers", action="store_true", help="leave diffusers' UnCLIPPipeline out of the samplers section")
 
     bench = sub.add_parser("bench", help="measure speed").add_subparsers(dest="bench_command", required=True)
     bt = bench.add_parser("train", help="training samples/s, FLOPs per sample and MFU vs this machine's matmul peak")
@@ -107,7 +108,7 @@ def _report(a) -> int:
     if unknown:
         raise ValueError(f"unknown sections {', '.join(sorted(unknown))}; sections: {', '.join(SECTIONS)}")
     run_report(pipe, load_clip_dir(judge_dir), a.data, a.out, n=a.n, seed=a.seed, sections=sections,
-               upsample=not a.no_upsample)
+               upsample=not a.no_upsample, compare_diffusers=not a.no_diffusers)
     print(f"wrote {Path(a.out) / 'report.md'}")
     return 0
 
