@@ -231,7 +231,7 @@ class Decoder(nn.Module):
 class DecoderTask(ConditionedTask):
     """Training task for the decoder. Options: clip=DIR (CLIP stage), min_snr_gamma (default 5),
     high_noise_floor (default 0: off; the recipe uses 0.05, see `high_noise_weight`), dc_weight
-    (default 0: off; the recipe uses 0.01: the mean-colour error `dc_error`, where SNR < high_noise_floor,
+    (default 0: off; the recipe uses 0.002: the mean-colour error `dc_error`, where SNR < high_noise_floor,
     with the high-noise weight)."""
 
     def __init__(self, cfg, conditioning=None):
