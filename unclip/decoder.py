@@ -38,6 +38,7 @@ class DecoderConfig:
     image_drop: float = 0.1  # CFG: z_i -> learned null embedding
     caption_drop: float = 0.5  # CFG: caption -> ""
     dc_mean: tuple[float, ...] | None = None  # training images' mean colour in [-1, 1]: the mean start (see `start`)
+    guidance_scale: float | None = None  # this model's default text-to-image guidance (None: Karlo's 8)
 
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)  # JSON presets and configs hold lists

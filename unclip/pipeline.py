@@ -34,6 +34,12 @@ class UnCLIPPipeline:
         return [u for u in (getattr(self.decoder, "unet", None), getattr(self.upsampler, "unet", None),
                             getattr(self.upsampler, "last_unet", None)) if u is not None]
 
+    def default_decoder_guidance(self, value: float | None = None) -> float:
+        """`value`, else the decoder config's `guidance_scale` (what its evaluation chose), else Karlo's 8."""
+        if value is not None:
+            return value
+        return getattr(getattr(self.decoder, "config", None), "guidance_scale", None) or 8.0
+
     def fast_resnets(self, enabled: bool = True) -> "UnCLIPPipeline":
         """In-place inference forward for the UNets' ResNet blocks (`unclip.fastpath`; on by default):
         bit-identical outputs, 7-14% less time per UNet call on CPU."""
@@ -248,12 +254,14 @@ class UnCLIPPipeline:
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, prior_steps: int | None = None,
                  decoder_steps: int | None = None, upsampler_steps: int | None = None, prior_guidance_scale: float = 4.0,
-                 decoder_guidance_scale: float = 8.0, sampler: str = "ddim", eta: float = 0.0, best_of: int = 2,
+                 decoder_guidance_scale: float | None = None, sampler: str = "ddim", eta: float = 0.0, best_of: int = 2,
                  prior: str = "diffusion", upsample: bool = True, upsampler_strength: float | None = None,
                  generator: torch.Generator | None = None, output_type: str = "pil", progress: bool = False) -> UnCLIPOutput:
         """Text -> images. Steps left as None take the sampler's defaults (sampling.DEFAULT_STEPS);
-        upsampler_strength None takes the upsampler's own (its config; 1 = from pure noise, as Karlo)."""
+        upsampler_strength None takes the upsampler's own (its config; 1 = from pure noise, as Karlo);
+        decoder_guidance_scale None the decoder's own (`default_decoder_guidance`)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        decoder_guidance_scale = self.default_decoder_guidance(decoder_guidance_scale)
         _check(prompts, num_images_per_prompt, sampler, output_type)
         d = DEFAULT_STEPS[sampler]
         prior_steps = d["prior"] if prior_steps is None else prior_steps

@@ -29,6 +29,8 @@ def register(sub) -> None:
     ev.add_argument("--decoder-steps", type=int)
     ev.add_argument("--upsampler-steps", type=int)
     ev.add_argument("--no-upsample", action="store_true", help="judge the decoder's images (the judge sees 64 px anyway)")
+    ev.add_argument("--prior-guidance", type=float, help="default: the pipeline's (4)")
+    ev.add_argument("--decoder-guidance", type=float, help="default: the model's (its decoder config), else 8")
     ev.add_argument("--json", action="store_true")
 
     rp = judged_command("report", "evaluation + the paper's ablations -> OUT/report.md with plots and grids", _report, 16)
@@ -81,6 +83,9 @@ def _eval(a) -> int:
     for k in ("prior_steps", "decoder_steps", "upsampler_steps"):
         if getattr(a, k) is not None:
             kw[k] = getattr(a, k)
+    for k in ("prior_guidance", "decoder_guidance"):
+        if getattr(a, k) is not None:
+            kw[k + "_scale"] = getattr(a, k)
     r = evaluate(pipe, load_clip_dir(judge_dir), a.data, n=a.n, diversity_prompts=a.diversity_prompts,
                  diversity_samples=a.diversity_samples, seed=a.seed, generate_kwargs=kw)
     r = strip(r)

@@ -21,7 +21,7 @@ def register(sub) -> None:
     g.add_argument("--decoder-steps", type=int, help="default: the sampler's (ddpm 50, ddim 25, dpm++ 12)")
     g.add_argument("--upsampler-steps", type=int, help="default: the sampler's (ddpm 7, ddim 7, dpm++ 2)")
     g.add_argument("--prior-guidance", type=float, default=4.0)
-    g.add_argument("--decoder-guidance", type=float, default=8.0)
+    g.add_argument("--decoder-guidance", type=float, help="default: the model's (its decoder config), else 8")
     g.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
     g.add_argument("--upsampler-strength", type=float,
                    help="1: upsample from pure noise (Karlo); below 1: from the noised bicubic image, fewer steps "
@@ -111,7 +111,8 @@ def _generate(a) -> int:
     steps = {f"{k}_steps": v if v is not None else d.get(k) for k, v in
              (("prior", a.prior_steps), ("decoder", a.decoder_steps), ("upsampler", a.upsampler_steps))}
     params = {"prompt": a.prompt, "seed": a.seed, "num_images": a.num_images, "prior": a.prior, **steps,
-              "prior_guidance_scale": a.prior_guidance, "decoder_guidance_scale": a.decoder_guidance,
+              "prior_guidance_scale": a.prior_guidance,
+              "decoder_guidance_scale": pipe.default_decoder_guidance(a.decoder_guidance),
               "sampler": a.sampler, "eta": a.eta, "best_of": a.best_of, "model": str(model), "model_hash": model_hash(model),
               "upsampler_strength": a.upsampler_strength if a.upsampler_strength is not None else
               (pipe.upsampler.config.strength if pipe.upsampler is not None else None),

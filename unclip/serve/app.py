@@ -54,7 +54,7 @@ class GenerateRequest(BaseModel):
     decoder_steps: int | None = None
     upsampler_steps: int | None = None
     prior_guidance_scale: float = Field(4.0, allow_inf_nan=False)
-    decoder_guidance_scale: float = Field(8.0, allow_inf_nan=False)
+    decoder_guidance_scale: float | None = Field(None, allow_inf_nan=False)  # None: the model's default
     best_of: int = 2
 
 
@@ -183,12 +183,13 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         for f in ("prior_steps", "decoder_steps", "upsampler_steps"):
             check_int(f, getattr(req, f), 1, limits.max_steps)
         check_float("prior_guidance_scale", req.prior_guidance_scale, 0, 100)
-        check_float("decoder_guidance_scale", req.decoder_guidance_scale, 0, 100)
+        decoder_guidance = pipe.default_decoder_guidance(req.decoder_guidance_scale)
+        check_float("decoder_guidance_scale", decoder_guidance, 0, 100)
         seed = seed_of(req.seed)
         d = DEFAULT_STEPS[req.sampler]
         steps = {f"{k}_steps": getattr(req, f"{k}_steps") or d[k] for k in ("prior", "decoder", "upsampler")}
         kw = dict(sampler=req.sampler, prior_guidance_scale=req.prior_guidance_scale,
-                  decoder_guidance_scale=req.decoder_guidance_scale, best_of=req.best_of, **steps)
+                  decoder_guidance_scale=decoder_guidance, best_of=req.best_of, **steps)
         params = common(seed, task="generate", prompt=req.prompt, num_images=req.num_images, **kw)
         total = steps["prior_steps"] + steps["decoder_steps"] + upsampler_steps(steps["upsampler_steps"])
         run = lambda p: p(req.prompt, req.num_images, generator=torch.Generator().manual_seed(seed), **kw).images  # noqa: E731
