@@ -181,6 +181,7 @@ def bench_vs_diffusers(pipe, num_images: int, repeats: int, prompt: str, steps=(
 
     def ours_call(seed):
         return pipe(prompt, num_images, prior_steps=p, decoder_steps=d, upsampler_steps=u, sampler="ddpm", best_of=1,
+                    prior_guidance_scale=4.0, decoder_guidance_scale=8.0,  # diffusers' defaults
                     upsampler_strength=1.0, generator=torch.Generator().manual_seed(seed), output_type="np").images
 
     def their_call(seed):
