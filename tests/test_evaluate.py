@@ -82,6 +82,14 @@ def test_report_runs_every_section_and_writes_markdown(tiny_model_dir, built_dat
         assert (tmp_path / "report" / f).exists()
 
 
+def test_sampler_plot_takes_an_interval_that_excludes_its_point(tmp_path):
+    from unclip.report import _plot_samplers
+
+    row = {"sampler": "ddim", "steps": "25/25/7", "seconds_per_image": 0.4, "fd": 296.5, "fd_lo": 181.0, "fd_hi": 259.0}
+    _plot_samplers([row], tmp_path / "s.png")  # basic bootstrap: hi < fd happens (it raised before)
+    assert (tmp_path / "s.png").stat().st_size > 1000
+
+
 def test_report_says_which_section_did_not_run():
     from unclip.report import render_markdown
 
