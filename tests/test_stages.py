@@ -104,7 +104,9 @@ def test_decoder_start_is_standard_without_a_mean_colour_and_mean_coloured_with_
     from unclip.decoder import Decoder, DecoderConfig
     from unclip.sampling import make_scheduler
 
-    model = Decoder(DecoderConfig(**load_preset_tiny()))
+    from unclip.presets import load_preset
+
+    model = Decoder(DecoderConfig(**load_preset("decoder", "tiny")))
     x, strength = model.start(2, make_scheduler("ddim"), 25, torch.Generator().manual_seed(3))
     assert strength == 1.0 and torch.equal(x, torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)))
     model.config.dc_mean = (0.6, 0.5, -0.2)
@@ -128,12 +130,6 @@ def test_decoder_task_records_the_data_mean_colour(built_dataset, tiny_clip_dir)
     task = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir))
     want = np.asarray(task.cond.images).reshape(-1, 3).mean(0) / 127.5 - 1
     assert task.model.config.dc_mean == pytest.approx(tuple(want), abs=1e-6)
-
-
-def load_preset_tiny():
-    from unclip.presets import load_preset
-
-    return load_preset("decoder", "tiny")
 
 
 def test_decoder_shapes_guidance_null_and_roundtrip(tmp_path):

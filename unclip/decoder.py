@@ -51,6 +51,7 @@ class DecoderConfig:
 
 
 class Decoder(nn.Module):
+    mean_start = True  # use config.dc_mean when present (`start`); False: N(0, I) from t = T, as diffusers
     def __init__(self, config: DecoderConfig):
         super().__init__()
         from diffusers import UNet2DConditionModel
@@ -72,7 +73,6 @@ class Decoder(nn.Module):
             clip_extra_context_tokens=config.clip_extra_context_tokens, clip_embeddings_dim=config.clip_embed_dim,
             time_embed_dim=config.time_embed_dim, cross_attention_dim=config.cross_attention_dim,
         )
-        self.mean_start = True  # use config.dc_mean when present; False: N(0, I) from t = T, as diffusers
 
     @classmethod
     def wrap(cls, unet, text_proj) -> "Decoder":
@@ -87,7 +87,6 @@ class Decoder(nn.Module):
             clip_extra_context_tokens=text_proj.config.clip_extra_context_tokens, norm_num_groups=c.norm_num_groups,
             learned_variance=c.out_channels == 2 * c.in_channels)
         self.unet, self.text_proj = unet, text_proj
-        self.mean_start = True
         return self.eval()
 
     @property
@@ -279,15 +278,16 @@ class DecoderTask(ConditionedTask):
         err = eps - batch["noise"]
         mse = err.pow(2).flatten(1).mean(1)  # (B,)
         snr = sched.snr(batch["t"])
+        high_weight = high_noise_weight(snr, self.high_noise_floor)
         weight = min_snr_weight(snr, self.gamma) if self.gamma else torch.ones_like(mse)
-        weight = torch.maximum(weight, high_noise_weight(snr, self.high_noise_floor))
+        weight = torch.maximum(weight, high_weight)
         logs = {"mse": mse.mean().detach()}
         loss = weight * mse
         if self.dc_weight and self.high_noise_floor:  # only where the mean colour of x_t is noise enough to learn
             dc = dc_error(err)
             high = snr < self.high_noise_floor
             logs["dc_high_noise"] = dc[high].mean().detach() if high.any() else dc.new_zeros(())
-            loss = loss + torch.where(high, self.dc_weight * high_noise_weight(snr, self.high_noise_floor) * dc, 0.0)
+            loss = loss + torch.where(high, self.dc_weight * high_weight * dc, 0.0)
         loss = loss.mean()
         if self.config.learned_variance:
             vb = vlb_loss(sched, batch["x0"], x_t, batch["t"], eps, v).mean()
