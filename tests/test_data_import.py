@@ -169,10 +169,14 @@ def torch_equal(a, b) -> bool:
 
 
 @pytest.mark.parametrize("lora", [0, 2])
-def test_finetune_one_command(tiny_model_dir, tmp_path, capsys, lora):
+def test_finetune_one_command(tiny_model_dir, built_dataset, tmp_path, capsys, monkeypatch, lora):
+    from unclip.embed import image_pack
+
+    monkeypatch.setenv("UNCLIP_CACHE", str(tmp_path / "cache"))
+
     src, out = _folder(tmp_path), tmp_path / "ft"
     args = ["finetune", str(src), "--out", str(out), "--base", str(tiny_model_dir), "--steps", "5", "--batch-size", "2",
-            "--default-caption", "an icon", "--json"]
+            "--default-caption", "an icon", "--json"] + ([] if lora else ["--base-data", str(built_dataset)])
     assert main(args + (["--lora-rank", str(lora)] if lora else [])) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     r = json.loads(lines[-1])
@@ -185,3 +189,29 @@ def test_finetune_one_command(tiny_model_dir, tmp_path, capsys, lora):
     im = Image.open(out / "before_after.png")
     n = len(json.loads(im.text["parameters"])["prompts"])
     assert n >= 1 and im.size == (n * 64, 2 * 64)  # a row before, a row after
+    style = r["style_retrieval"]
+    if lora:  # no base dataset in this test's cache: said, not guessed
+        assert style == {"skipped": f"no base dataset at {tmp_path / 'cache' / 'data' / 'emoji'}"}
+    else:  # the new style among the fixture dataset's styles, for the real held-out image, base and fine-tuned
+        base_styles = set(image_pack(built_dataset, "train")[1]["styles"])
+        assert style["style"] == "icons" and style["styles"] == len(base_styles) + 1 and style["prompts"] == 1
+        assert all(style[k] in (0.0, 1.0) and sum(style[f"{k}_styles"].values()) == 1 for k in ("real", "before", "after"))
+
+
+def test_style_probe_fits_the_styles_and_weights_a_small_one_as_much(built_dataset, tiny_clip_dir):
+    import numpy as np
+    import torch
+
+    from unclip.conditioning import load_clip_dir
+    from unclip.embed import clip_embeddings, image_pack
+    from unclip.finetune import StyleProbe
+
+    clip = load_clip_dir(tiny_clip_dir)
+    probe = StyleProbe(clip, tiny_clip_dir, [built_dataset])
+    styles = image_pack(built_dataset, "train")[1]["styles"]
+    assert probe.names == sorted(set(styles))
+    z = torch.from_numpy(np.asarray(clip_embeddings(built_dataset, "train", clip, tiny_clip_dir)["image_embed"], np.float32))
+    picked = probe(z)
+    per_style = {s: np.mean([p == s for p, t in zip(picked, styles) if t == s]) for s in probe.names}
+    assert min(per_style.values()) >= 0.5, per_style  # every style learned, not only the large ones
+    assert probe(z[:3]) == picked[:3]  # per image, not per batch

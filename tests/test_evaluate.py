@@ -125,3 +125,10 @@ def test_eval_from_the_cli_prints_both_splits(tiny_model_dir, built_dataset, tmp
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(r["splits"]) == {"heldout_images", "heldout_concepts"} and r["generate"]["upsample"] is False
     assert "images" not in r["splits"]["heldout_images"] and r["seconds_per_image"] > 0
+
+
+def test_eval_applies_lora_adapters_and_refuses_a_missing_one(tiny_model_dir, tmp_path, capsys):
+    from unclip.cli import main
+
+    assert main(["eval", "--model", str(tiny_model_dir), "--lora", str(tmp_path / "none.safetensors"), "--n", "1"]) == 2
+    assert "none.safetensors" in capsys.readouterr().err

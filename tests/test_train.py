@@ -124,3 +124,15 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
 def test_bad_batch_size_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="batch size 6 must be divisible by processes x grad_accum = 4"):
         train(_cfg(tmp_path, "bad", batch_size=6, grad_accum=4), task=ToyTask(), log=lambda m: None)
+
+
+@pytest.mark.parametrize("export", ["best", "last"])
+def test_export_best_keeps_the_best_model_and_last_always_writes(tmp_path, export):
+    """With lr 0 the held-out loss never improves after the first checkpoint: "best" exports once, "last" each time."""
+    task = ToyTask()
+    train(_cfg(tmp_path, "e", max_steps=6, lr=0.0, save_every=2, export=export), task=task, log=lambda m: None)
+    flags = [json.loads(l)["exported"] for l in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines() if "exported" in l]
+    assert flags == ([True, False, False] if export == "best" else [True, True, True])
+    assert len(task.exported) == sum(flags)
+    with pytest.raises(ValueError, match="export must be 'best' or 'last'"):
+        train(_cfg(tmp_path, "x", max_steps=1, export="first"), task=ToyTask(), log=lambda m: None)

@@ -59,7 +59,7 @@ def load_clip_dir(path: Path):
 
 class Conditioning:
     def __init__(self, data: Path, split: str, clip_dir: Path, clip=None, max_tokens: int | None = None):
-        self.data = data
+        self.data, self.split = data, split
         self.clip_dir = Path(clip_dir).expanduser()
         self.clip = clip or load_clip_dir(self.clip_dir)
         self.images, self.index = image_pack(data, split)
@@ -120,8 +120,11 @@ class Conditioning:
 
 
     def fixed_batch(self, n: int, size: int | None = None) -> dict:
-        """The first n images with their canonical (first) captions, no dropout: for held-out losses."""
-        idx = list(range(min(n, len(self))))
+        """n images (the first, repeated in order when there are fewer) with their canonical (first)
+        captions, no dropout: for held-out losses, whose timesteps then still span the schedule."""
+        if not len(self):
+            raise ValueError(f"no images in the {self.split} split of {self.data}")
+        idx = [i % len(self) for i in range(n)]
         z_t, hidden, mask = self.text([int(self.offsets[i]) for i in idx])
         b = {"image_embed": self.image_embeds(idx), "text_embed": z_t, "text_hidden": hidden, "text_mask": mask}
         if size:

@@ -9,10 +9,15 @@
    for captions of held-out images of SRC, from the same seeds.
 """
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -30,6 +35,8 @@ class FinetuneConfig:
     threads: int = 0
     seed: int = 0
     grid_prompts: int = 4
+    style_prompts: int = 16  # held-out captions of SRC for the style retrieval measure (0: skip it)
+    base_data: Path | None = None  # the base model's dataset, for the other styles (default: the default data dir)
 
 
 def finetune(cfg: FinetuneConfig, log=print) -> dict:
@@ -51,7 +58,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
         run = out / "runs" / stage
         tc = TrainConfig(stage=stage, data=data, out=run, max_steps=2, batch_size=cfg.batch_size, lr=cfg.lr,
                          warmup_steps=20, resume=True, init_from=base, threads=cfg.threads, seed=cfg.seed,
-                         eval_every=max(cfg.steps // 3, 1), save_minutes=2.0, lora_rank=cfg.lora_rank)
+                         eval_every=max(cfg.steps // 3, 1), save_minutes=2.0, lora_rank=cfg.lora_rank, export="last")
         train(tc, log=lambda *_: None)  # the first steps; the data's embeddings are computed here
         tc.max_steps = min(4, cfg.steps)
         t = time.time()
@@ -66,6 +73,8 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     model_dir = _assemble(base, runs, out, cfg.lora_rank)
     report["model"] = str(model_dir)
     report["before_after"] = str(before_after(base, model_dir, data, out / "before_after.png", cfg))
+    if cfg.style_prompts:
+        report["style_retrieval"] = style_report(base, model_dir, data, cfg, log)
     return report
 
 
@@ -99,8 +108,6 @@ def load_finetuned(base: Path, model_dir: Path):
 
 
 def before_after(base: Path, model_dir: Path, data: Path, path: Path, cfg: FinetuneConfig) -> Path:
-    import torch
-
     from unclip.embed import image_pack
     from unclip.images import grid, save_png
     from unclip.pipeline import UnCLIPPipeline
@@ -117,3 +124,73 @@ def before_after(base: Path, model_dir: Path, data: Path, path: Path, cfg: Finet
     save_png(grid(rows, cols=len(prompts)), path, {"task": "finetune_before_after", "prompts": prompts,
                                                    "base": str(base), "finetuned": str(model_dir), "seed": cfg.seed})
     return path
+
+
+class StyleProbe:
+    """A linear style classifier on the CLIP stage's unit z_i: multinomial logistic regression fitted
+    on the train splits of the datasets given, classes weighted by inverse frequency (a small new style
+    counts as much as a large one)."""
+
+    def __init__(self, clip, clip_dir: Path, datasets: list[Path], steps: int = 300, lr: float = 0.05):
+        from unclip.embed import clip_embeddings, image_pack
+
+        zs, styles = [], []
+        for data in datasets:
+            zs.append(torch.from_numpy(np.asarray(clip_embeddings(data, "train", clip, clip_dir)["image_embed"], np.float32)))
+            styles += image_pack(data, "train")[1]["styles"]
+        self.names = sorted(set(styles))
+        z = F.normalize(torch.cat(zs), dim=-1)  # (N, D)
+        y = torch.tensor([self.names.index(s) for s in styles])  # (N,)
+        weight = len(y) / (len(self.names) * torch.bincount(y, minlength=len(self.names)).float())
+        self.linear = torch.nn.Linear(z.shape[1], len(self.names))
+        torch.nn.init.zeros_(self.linear.weight), torch.nn.init.zeros_(self.linear.bias)
+        opt = torch.optim.Adam(self.linear.parameters(), lr=lr)
+        with torch.enable_grad():
+            for _ in range(steps):  # full batch: deterministic
+                opt.zero_grad()
+                F.cross_entropy(self.linear(z / 0.1), y, weight=weight).backward()
+                opt.step()
+        self.linear.requires_grad_(False)
+
+    def __call__(self, z_i: torch.Tensor) -> list[str]:
+        """The predicted style of each z_i (B, D)."""
+        return [self.names[i] for i in self.linear(F.normalize(z_i, dim=-1) / 0.1).argmax(-1).tolist()]
+
+
+@torch.no_grad()
+def style_report(base: Path, model_dir: Path, data: Path, cfg: FinetuneConfig, log=print) -> dict:
+    """Style retrieval accuracy with the base model's CLIP stage: the share of images, generated for
+    held-out captions of SRC (which name its style), that a linear probe on z_i (`StyleProbe`, fitted on
+    every style of the base dataset and SRC's training images) assigns to SRC's style; for the base
+    model, the fine-tuned one, and the real held-out images of SRC (the ceiling). Skipped, with the
+    reason, when the base dataset is absent."""
+    from unclip.embed import image_pack
+    from unclip.paths import default_data_dir
+    from unclip.pipeline import UnCLIPPipeline
+
+    base_data = Path(cfg.base_data or default_data_dir()).expanduser()
+    if not (base_data / "manifest.json").exists():
+        log(f"style retrieval skipped: no base dataset at {base_data} (`unclip data build`)")
+        return {"skipped": f"no base dataset at {base_data}"}
+    before = UnCLIPPipeline.from_pretrained(base)
+    probe = StyleProbe(before.clip, base, [base_data, data])
+    images, idx = image_pack(data, "heldout_images")
+    style = json.loads((data / "manifest.json").read_text())["style"]
+    first = idx["caption_offsets"][:-1][: cfg.style_prompts]
+    prompts = [idx["captions"][i] for i in first]
+    real = torch.from_numpy(np.array(images[: len(prompts)])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    out = {"style": style, "styles": len(probe.names), "prompts": len(prompts)}
+    for name, z in (("real", before.clip.encode_image(real)),
+                    ("before", _generated_z(before, prompts, cfg.seed)),
+                    ("after", _generated_z(load_finetuned(base, model_dir), prompts, cfg.seed))):
+        picked = probe(z)
+        out[name] = round(sum(p == style for p in picked) / len(picked), 3)
+        out[f"{name}_styles"] = {s: picked.count(s) for s in sorted(set(picked))}
+    log(f"style retrieval ({style} among {len(probe.names)} styles, {len(prompts)} held-out captions): real "
+        f"{out['real']:.0%}, base model {out['before']:.0%}, fine-tuned {out['after']:.0%}")
+    return out
+
+
+def _generated_z(pipe, prompts: list[str], seed: int) -> torch.Tensor:
+    x = pipe(prompts, 1, generator=torch.Generator().manual_seed(seed), upsample=False, output_type="pt").images
+    return pipe.clip.encode_image(x * 2 - 1)

@@ -49,6 +49,7 @@ class TrainConfig:
     seed: int = 0
     save_minutes: float = 5.0
     save_every: int = 0  # also save every N steps (0: by time only, and at the end)
+    export: str = "best"  # run/model at a checkpoint: "best" when the held-out loss improved, "last" always
     log_every: int = 10
     eval_every: int = 250
     threads: int = 0  # torch CPU threads (0: leave torch's default)
@@ -192,6 +193,8 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
 
     from unclip.stages import make_task
 
+    if cfg.export not in ("best", "last"):
+        raise ValueError(f"export must be 'best' or 'last', not {cfg.export!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     mp = cfg.mixed_precision
@@ -285,11 +288,12 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
             best = h if improved else best
             save_checkpoint(run, weights, ema_full, ema.updates, optimizer, step, cfg,
                             {"best_heldout": best, "heldout": h, "fingerprint": fingerprint})
-            if improved:
+            if improved or cfg.export == "last":
                 task.export(ema.copy_to(task.eval_model(), ema_full), run / "model")
             if hasattr(task, "preview"):  # a picture of where training stands, at every checkpoint
                 task.preview(ema.copy_to(task.eval_model(), ema_full), run / "previews" / f"step{step:07d}.png")
-            _append(metrics_path, {"step": step, "heldout_loss": h, "best_heldout": best, "exported": improved})
+            _append(metrics_path, {"step": step, "heldout_loss": h, "best_heldout": best,
+                                   "exported": improved or cfg.export == "last"})
         acc.wait_for_everyone()
 
     bad, last_save, t_log, samples_log = 0, time.time(), time.time(), 0

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from unclip.cli.common import find_judge, load_pipe, model_dir
+from unclip.cli.common import apply_loras, find_judge, load_pipe, model_dir
 from unclip.paths import default_data_dir
 
 
@@ -31,6 +31,7 @@ def register(sub) -> None:
     ev.add_argument("--no-upsample", action="store_true", help="judge the decoder's images (the judge sees 64 px anyway)")
     ev.add_argument("--prior-guidance", type=float, help="default: the pipeline's (4)")
     ev.add_argument("--decoder-guidance", type=float, help="default: the model's (its decoder config), else 8")
+    ev.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="a LoRA adapter applied first (repeatable)")
     ev.add_argument("--json", action="store_true")
 
     rp = judged_command("report", "evaluation + the paper's ablations -> OUT/report.md with plots and grids", _report, 16)
@@ -78,6 +79,7 @@ def _eval(a) -> int:
     from unclip.evaluate import evaluate, strip
 
     pipe, model = load_pipe(a)
+    loras = apply_loras(pipe, a.lora)
     judge_dir = find_judge(a.judge)
     kw = {"sampler": a.sampler, **({"upsample": False} if a.no_upsample else {})}
     for k in ("prior_steps", "decoder_steps", "upsampler_steps"):
@@ -90,6 +92,8 @@ def _eval(a) -> int:
                  diversity_samples=a.diversity_samples, seed=a.seed, generate_kwargs=kw)
     r = strip(r)
     r["model"], r["judge"] = str(model), str(judge_dir)
+    if loras:
+        r["lora"] = loras
     if a.json:
         print(json.dumps(r))
         return 0

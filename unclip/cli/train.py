@@ -31,6 +31,8 @@ def register(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue from the run's checkpoint when present")
     t.add_argument("--init-from", type=Path, help="start from these weights when there is no checkpoint")
     t.add_argument("--option", action="append", metavar="KEY=VALUE", help="stage-specific setting (repeatable)")
+    t.add_argument("--export", choices=("best", "last"), default="best",
+                   help="write run/model when the held-out loss improves (best) or at every checkpoint (last: fine-tunes)")
     t.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank on --init-from (decoder, prior)")
     t.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the rank)")
     t.add_argument("--train-only", help="comma-separated parameter-name prefixes to train, e.g. text_proj (default: all)")
@@ -53,6 +55,9 @@ def register(sub) -> None:
     ft.add_argument("--no-prior", action="store_true", help="fine-tune the decoder only (captions like the base's)")
     ft.add_argument("--default-caption", help="caption for images that have none")
     ft.add_argument("--style", help="style name recorded for the images")
+    ft.add_argument("--style-prompts", type=int, default=16,
+                    help="held-out captions for the style retrieval measure, before vs after (0: skip it)")
+    ft.add_argument("--base-data", type=Path, help="the base model's dataset, for the other styles (default: the default data dir)")
     ft.add_argument("--threads", type=int, default=0)
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--json", action="store_true")
@@ -85,7 +90,7 @@ def _train(a) -> int:
                       ema_decay=a.ema_decay, seed=a.seed, save_minutes=a.save_minutes, threads=a.threads,
                       mixed_precision=a.mixed_precision, resume=a.resume, init_from=a.init_from,
                       lr_schedule=a.lr_schedule, eval_every=a.eval_every, fsdp=a.fsdp, options=options,
-                      lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, train_only=a.train_only or "")
+                      lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, export=a.export, train_only=a.train_only or "")
     result = train(cfg)
     print(json.dumps(result))
     return 0
@@ -96,7 +101,8 @@ def _finetune(a) -> int:
 
     r = finetune(FinetuneConfig(src=a.src, out=a.out, base=a.base, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                                 lora_rank=a.lora_rank, prior=not a.no_prior, default_caption=a.default_caption,
-                                style=a.style, threads=a.threads, seed=a.seed))
+                                style=a.style, threads=a.threads, seed=a.seed, style_prompts=a.style_prompts,
+                                base_data=a.base_data))
     print(json.dumps(r) if a.json else f"wrote {r['model']} and {r['before_after']}")
     return 0
 

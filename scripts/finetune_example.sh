@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue 11's example: teach the shipped model a style it never saw (Mozilla's FxEmoji, Apache-2.0,
+# left out of the default build), as a user would with their own images, then measure what changed.
+#   1. the icon set written as a user's image folder (PNG + metadata.jsonl captions);
+#   2. a full fine-tune and a LoRA fine-tune (`unclip finetune`: import, embed, prior + decoder),
+#      each reporting style retrieval before/after and writing before_after.png;
+#   3. the evaluation's headline numbers on the original held-out prompts: base, full, LoRA.
+# OUT (default ~/.cache/unclip/examples) holds everything; THREADS the torch CPU threads.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+UNCLIP=${UNCLIP:-.venv/bin/unclip}
+PY=${PY:-.venv/bin/python}
+THREADS=${THREADS:-2}
+OUT=${OUT:-$HOME/.cache/unclip/examples}
+STEPS=${STEPS:-600}
+EVAL="--n 32 --diversity-prompts 4 --no-upsample --threads $THREADS --json"
+
+$PY scripts/iconify_folder.py fxemoji "$OUT/fxemoji"
+/usr/bin/time -f "full fine-tune: %e s wall" $UNCLIP finetune "$OUT/fxemoji" --style fxemoji --out "$OUT/ft-full" \
+  --steps "$STEPS" --lr 2e-4 --threads "$THREADS" --json | tail -1 > "$OUT/ft-full.json"
+/usr/bin/time -f "LoRA fine-tune: %e s wall" $UNCLIP finetune "$OUT/fxemoji" --style fxemoji --out "$OUT/ft-lora" \
+  --steps "$STEPS" --lora-rank 8 --lr 1e-3 --threads "$THREADS" --json | tail -1 > "$OUT/ft-lora.json"
+$UNCLIP eval $EVAL > "$OUT/eval-base.json"
+$UNCLIP eval --model "$OUT/ft-full/model" $EVAL > "$OUT/eval-full.json"
+$UNCLIP eval --lora "$OUT/ft-lora/lora/decoder.safetensors" --lora "$OUT/ft-lora/lora/prior.safetensors" $EVAL > "$OUT/eval-lora.json"

@@ -1,0 +1,57 @@
+"""Write one emoji source that the shipped model never saw as a user's image folder (issue 11's example).
+
+    python scripts/iconify_folder.py fxemoji data/fxemoji_folder [--limit 400]
+
+The folder is what `unclip data import` / `unclip finetune` read: `NAME.png` (256 px, rendered from
+the icon set's SVG) + `metadata.jsonl` (`file_name`, `text`: the captions the build would give the
+image, in the source's own style names, e.g. "grinning face, FxEmoji style"). Icons whose name does
+not map to an emoji label are left out (counted).
+"""
+
+import argparse
+import json
+import tarfile
+from pathlib import Path
+
+from unclip.data import registry
+from unclip.data.build import _artwork_files
+from unclip.data.captions import make_captions
+from unclip.data.emojidb import EmojiDB
+from unclip.data.render import render
+from unclip.data.sources import all_sources, metadata_packages
+from unclip.paths import downloads_dir
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("source", help="a source of unclip/data/sources.json, e.g. fxemoji")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--limit", type=int, help="at most this many images (the first by name)")
+    ap.add_argument("--size", type=int, default=256)
+    args = ap.parse_args()
+    source = all_sources()[args.source]
+    meta = metadata_packages()
+    db = EmojiDB.from_packages(registry.fetch(meta["emojibase"]["package"], meta["emojibase"]["version"], downloads_dir()))
+    tgz = registry.fetch(source.package, source.version, downloads_dir())
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, unlabelled, seen = [], 0, set()
+    with tarfile.open(tgz) as tar:
+        for stem, data in sorted(_artwork_files(source, tar)):
+            hexcode = db.name_hexcode(stem)
+            info = db.get(hexcode) if hexcode else None
+            if info is None or info.hexcode in seen:
+                unlabelled += info is None
+                continue
+            seen.add(info.hexcode)
+            name = f"{stem}.png"
+            (args.out / name).write_bytes(render(data, source.format, args.size).png)
+            rows.append({"file_name": name, "text": make_captions(info, source.style_names, stem)})
+            if args.limit and len(rows) >= args.limit:
+                break
+    (args.out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"{len(rows)} images of {source.name} ({source.license}, {source.attribution}) in {args.out}; "
+          f"{unlabelled} icons without an emoji label left out")
+
+
+if __name__ == "__main__":
+    main()
