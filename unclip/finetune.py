@@ -162,8 +162,9 @@ def style_report(base: Path, model_dir: Path, data: Path, cfg: FinetuneConfig, l
     """Style retrieval accuracy with the base model's CLIP stage: the share of images, generated for
     held-out captions of SRC (which name its style), that a linear probe on z_i (`StyleProbe`, fitted on
     every style of the base dataset and SRC's training images) assigns to SRC's style; for the base
-    model, the fine-tuned one, and the real held-out images of SRC (the ceiling). Skipped, with the
-    reason, when the base dataset is absent."""
+    model, the fine-tuned one, and the real held-out images of SRC (the ceiling). `*_prior`: the same
+    for the z_i the prior sampled (what the decoder was asked to draw). Skipped, with the reason, when
+    the base dataset is absent."""
     from unclip.embed import image_pack
     from unclip.paths import default_data_dir
     from unclip.pipeline import UnCLIPPipeline
@@ -180,17 +181,17 @@ def style_report(base: Path, model_dir: Path, data: Path, cfg: FinetuneConfig, l
     prompts = [idx["captions"][i] for i in first]
     real = torch.from_numpy(np.array(images[: len(prompts)])).permute(0, 3, 1, 2).float() / 127.5 - 1
     out = {"style": style, "styles": len(probe.names), "prompts": len(prompts)}
-    for name, z in (("real", before.clip.encode_image(real)),
-                    ("before", _generated_z(before, prompts, cfg.seed)),
-                    ("after", _generated_z(load_finetuned(base, model_dir), prompts, cfg.seed))):
-        picked = probe(z)
-        out[name] = round(sum(p == style for p in picked) / len(picked), 3)
-        out[f"{name}_styles"] = {s: picked.count(s) for s in sorted(set(picked))}
-    log(f"style retrieval ({style} among {len(probe.names)} styles, {len(prompts)} held-out captions): real "
-        f"{out['real']:.0%}, base model {out['before']:.0%}, fine-tuned {out['after']:.0%}")
+    runs = {"real": (None, before.clip.encode_image(real))}
+    for name, pipe in (("before", before), ("after", load_finetuned(base, model_dir))):
+        r = pipe(prompts, 1, generator=torch.Generator().manual_seed(cfg.seed), upsample=False, output_type="pt")
+        runs[name] = (r.image_embeds, pipe.clip.encode_image(r.images * 2 - 1))
+    for name, (prior_z, image_z) in runs.items():
+        for key, z in ((name, image_z), (f"{name}_prior", prior_z)):
+            if z is not None:
+                picked = probe(z)
+                out[key] = round(sum(p == style for p in picked) / len(picked), 3)
+                out[f"{key}_styles"] = {s: picked.count(s) for s in sorted(set(picked))}
+    log(f"style retrieval ({style} among {len(probe.names)} styles, {len(prompts)} held-out captions), images (the "
+        f"prior's z_i): real {out['real']:.0%}, base model {out['before']:.0%} ({out['before_prior']:.0%}), "
+        f"fine-tuned {out['after']:.0%} ({out['after_prior']:.0%})")
     return out
-
-
-def _generated_z(pipe, prompts: list[str], seed: int) -> torch.Tensor:
-    x = pipe(prompts, 1, generator=torch.Generator().manual_seed(seed), upsample=False, output_type="pt").images
-    return pipe.clip.encode_image(x * 2 - 1)
