@@ -4,7 +4,8 @@
 #   1. the icon set written as a user's image folder (PNG + metadata.jsonl captions);
 #   2. a full fine-tune and a LoRA fine-tune (`unclip finetune`: import, embed, prior + decoder),
 #      each reporting style retrieval before/after and writing before_after.png;
-#   3. the evaluation's headline numbers on the original held-out prompts: base, full, LoRA.
+#   3. the evaluation's headline numbers on the original held-out prompts: base, full, LoRA;
+#   4. docs/finetune_fxemoji.png: real held-out images, base, full and LoRA rows for the same captions.
 # OUT (default ~/.cache/unclip/examples) holds everything; THREADS the torch CPU threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,10 +17,14 @@ STEPS=${STEPS:-600}
 EVAL="--n 32 --diversity-prompts 4 --no-upsample --threads $THREADS --json"
 
 $PY scripts/iconify_folder.py fxemoji "$OUT/fxemoji"
-/usr/bin/time -f "full fine-tune: %e s wall" $UNCLIP finetune "$OUT/fxemoji" --style fxemoji --out "$OUT/ft-full" \
+SECONDS=0
+$UNCLIP finetune "$OUT/fxemoji" --style fxemoji --out "$OUT/ft-full" \
   --steps "$STEPS" --lr 2e-4 --threads "$THREADS" --json | tail -1 > "$OUT/ft-full.json"
-/usr/bin/time -f "LoRA fine-tune: %e s wall" $UNCLIP finetune "$OUT/fxemoji" --style fxemoji --out "$OUT/ft-lora" \
+echo "full fine-tune: $SECONDS s wall"; SECONDS=0
+$UNCLIP finetune "$OUT/fxemoji" --style fxemoji --out "$OUT/ft-lora" \
   --steps "$STEPS" --lora-rank 8 --lr 1e-3 --threads "$THREADS" --json | tail -1 > "$OUT/ft-lora.json"
+echo "LoRA fine-tune: $SECONDS s wall"
 $UNCLIP eval $EVAL > "$OUT/eval-base.json"
 $UNCLIP eval --model "$OUT/ft-full/model" $EVAL > "$OUT/eval-full.json"
 $UNCLIP eval --lora "$OUT/ft-lora/lora/decoder.safetensors" --lora "$OUT/ft-lora/lora/prior.safetensors" $EVAL > "$OUT/eval-lora.json"
+$PY scripts/finetune_figure.py "$OUT" docs/finetune_fxemoji.png

@@ -30,7 +30,7 @@ for stage in $STAGES; do
                --threads "$THREADS" --mixed-precision "$MP" --resume $(init decoder_config.json) ;;
     upsampler) $UNCLIP train upsampler --preset small --batch-size 16 --lr 2e-4 --max-steps 50000 \
                  --threads "$THREADS" --mixed-precision "$MP" --resume $(init super_res_first_config.json) ;;
-    ar_prior) $UNCLIP train ar_prior --preset small --batch-size 128 --lr 3e-4 --max-steps 20000 \
+    ar_prior) $UNCLIP train ar_prior --preset small --batch-size 128 --lr 3e-4 --max-steps 20000 --mixed-precision "$MP" \
                 --threads "$THREADS" --resume $(init ar_prior_config.json) ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
