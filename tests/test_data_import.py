@@ -215,3 +215,85 @@ def test_style_probe_fits_the_styles_and_weights_a_small_one_as_much(built_datas
     per_style = {s: np.mean([p == s for p, t in zip(picked, styles) if t == s]) for s in probe.names}
     assert min(per_style.values()) >= 0.5, per_style  # every style learned, not only the large ones
     assert probe(z[:3]) == picked[:3]  # per image, not per batch
+
+
+def test_init_from_round_trip_loads_the_source_weights_exactly(tiny_model_dir, tiny_clip_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    run = _import_and_fine_tune(tmp_path, tiny_model_dir, tiny_clip_dir, "--max-steps", "1", "--lr", "0")
+    after = load_file(run / "checkpoint" / "model.safetensors")
+    for part in ("decoder", "text_proj"):
+        src = load_file(next((tiny_model_dir / part).glob("*.safetensors")))
+        prefix = "unet." if part == "decoder" else "text_proj."
+        assert src and all(torch_equal(after[prefix + k], v) for k, v in src.items()), part
+
+
+def _trained_lora(tmp_path, tiny_model_dir, tiny_clip_dir) -> Path:
+    run = _import_and_fine_tune(tmp_path, tiny_model_dir, tiny_clip_dir, "--max-steps", "3", "--lora-rank", "4")
+    return run / "model" / "lora.safetensors"
+
+
+def test_lora_output_equals_the_merged_model(tiny_model_dir, tiny_clip_dir, tmp_path):
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    import unclip
+
+    lora = _trained_lora(tmp_path, tiny_model_dir, tiny_clip_dir)
+
+    def eps(pipe):  # one decoder call (a whole sampling run would amplify float rounding at t = 999)
+        text, _ = pipe.encode_prompt(["an icon"])
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 3, pipe.decoder.config.sample_size, pipe.decoder.config.sample_size, generator=g)
+        z_i = torch.nn.functional.normalize(torch.randn(1, pipe.clip.embed_dim, generator=g), dim=-1)
+        with torch.no_grad():
+            return pipe.decoder(x, torch.tensor([500]), z_i, text.text_embed, text.hidden_states, text.mask)
+
+    adapted = unclip.load(tiny_model_dir).load_lora(lora, 0.7)
+    out = eps(adapted)
+    for m in adapted.decoder.modules():
+        if isinstance(m, LoraLayer):
+            m.merge()  # W += 0.7 ΔW, adapters then bypassed
+    merged = {k.replace(".base_layer", ""): v for k, v in adapted.decoder.state_dict().items() if "lora_" not in k}
+    plain = unclip.load(tiny_model_dir)
+    plain.decoder.load_state_dict(merged)  # a model without peft, with the merged weights
+    torch.testing.assert_close(eps(plain), out, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(eps(unclip.load(tiny_model_dir)), out, atol=1e-3)  # and the adapter did something
+
+
+def test_a_lora_that_does_not_fit_is_a_clear_error(tiny_model_dir, tiny_clip_dir, tmp_path):
+    import pytest
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import unclip
+
+    lora = _trained_lora(tmp_path, tiny_model_dir, tiny_clip_dir)
+    meta = {"unclip_lora": json.dumps({"stage": "decoder", "rank": 4, "alpha": 4, "targets": []})}
+    tensors = load_file(lora)
+    dropped = dict(list(tensors.items())[1:])
+    save_file(dropped, tmp_path / "missing.safetensors", meta)
+    wrong = {k: (torch.zeros(v.shape[0] + 1, *v.shape[1:], dtype=v.dtype) if i == 0 else v)
+             for i, (k, v) in enumerate(tensors.items())}
+    save_file(wrong, tmp_path / "shape.safetensors", meta)
+    save_file(tensors, tmp_path / "plain.safetensors")  # no metadata: not one of ours
+    cases = {"missing": "does not fit this decoder: missing", "shape": "is \\(", "plain": "is not an unclip LoRA file"}
+    for name, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            unclip.load(tiny_model_dir).load_lora(tmp_path / f"{name}.safetensors")
+    assert main(["generate", "x", "--model", str(tiny_model_dir), "--lora", str(tmp_path / "plain.safetensors"),
+                 "--out", str(tmp_path / "g.png")]) == 2
+
+
+def test_metadata_csv_without_a_text_column_is_a_clear_error(tmp_path):
+    import pytest
+
+    src = tmp_path / "c"
+    src.mkdir()
+    (src / "x.png").write_bytes(_emoji_bytes("1f355.png"))
+    (src / "metadata.csv").write_text("file_name,caption\nx.png,pizza\n")
+    with pytest.raises(ValueError, match="needs the columns file_name and text"):
+        from unclip.data.importer import ImportConfig, import_images
+
+        import_images(ImportConfig(src=src, out=tmp_path / "o"), log=lambda *a: None)
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "o")]) == 2
