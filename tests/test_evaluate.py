@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -80,6 +82,15 @@ def test_report_runs_every_section_and_writes_markdown(tiny_model_dir, built_dat
         assert title in md
     for f in ("headline.png", "guidance.png", "samplers.png", "clip_guided.png", "results.json"):
         assert (tmp_path / "report" / f).exists()
+    # one section again: the others are kept from results.json (same weights and settings)...
+    again = run_report(pipe, judge, built_dataset, tmp_path, n=2, sections=["priors"], log=lambda *_: None)
+    assert again["sections"]["headline"] == json.loads(json.dumps(r["sections"]["headline"]))
+    assert set(again["sections"]) == set(SECTIONS) and "Headline" in (tmp_path / "report.md").read_text()
+    # ...but not once the decoder has changed: they would describe another model
+    with torch.no_grad():
+        next(pipe.decoder.parameters()).add_(1e-3)
+    changed = run_report(pipe, judge, built_dataset, tmp_path, n=2, sections=["priors"], log=lambda *_: None)
+    assert set(changed["sections"]) == {"priors"}
 
 
 def test_sampler_plot_takes_an_interval_that_excludes_its_point(tmp_path):

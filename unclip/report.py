@@ -58,7 +58,11 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
     view = judge_view(judge, data)
     out = Path(out)
     (out / "report").mkdir(parents=True, exist_ok=True)
-    results: dict = {"n": n, "seed": seed, "model": pipe.name, "upsample": upsample, "sections": {}}
+    results: dict = {"n": n, "seed": seed, "model": pipe.name, "upsample": upsample, "weights": fingerprints(pipe),
+                     "sections": {}}
+    kept = keep_sections(out / "report" / "results.json", results, sections)
+    if kept:
+        log(f"keeping the report's other sections ({', '.join(kept)}): same model weights, n, seed and upsampling")
     split = "heldout_concepts"
 
     def ev(name, splits=(split,), div=diversity_prompts, generate=None, **kw):
@@ -89,7 +93,7 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
         results["sections"]["guidance"] = rows
         _plot_guidance(rows, out / "report" / "guidance.png")
     if "priors" in sections and pipe.ar_prior is None:
-        results["skipped"] = {"priors": "this model has no autoregressive prior (ar_prior_config.json)"}
+        results.setdefault("skipped", {})["priors"] = "this model has no autoregressive prior (ar_prior_config.json)"
     if "priors" in sections and pipe.ar_prior is not None:
         log("priors")
         results["sections"]["priors"] = [_row(name, ev(name, prior=prior, div=0), split)
@@ -123,6 +127,46 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
     (out / "report" / "results.json").write_text(json.dumps(results, indent=1))
     (out / "report.md").write_text(render_markdown(results))
     return results
+
+
+def fingerprints(pipe) -> dict[str, str]:
+    """A short hash of each stage's weights: which model a stored section was measured on."""
+    import hashlib
+
+    out = {}
+    for stage in ("clip", "prior", "decoder", "upsampler", "ar_prior"):
+        module = getattr(pipe, stage, None)
+        if module is not None:
+            h = hashlib.sha1()
+            for k, v in sorted(module.state_dict().items()):
+                h.update(k.encode())
+                h.update(v.detach().float().contiguous().numpy().tobytes())
+            out[stage] = h.hexdigest()[:12]
+    return out
+
+
+def keep_sections(path: Path, results: dict, sections) -> list[str]:
+    """Run for some sections only: copy the others from the stored results when they were measured with
+    the same settings on the same weights (the AR prior's only matters to its own section)."""
+    if set(sections) >= set(SECTIONS) or not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    if any(old.get(k) != results[k] for k in ("n", "seed", "model", "upsample")):
+        return []
+    same = {k for k in set(old.get("weights", {})) | set(results["weights"])
+            if old.get("weights", {}).get(k) == results["weights"].get(k)}
+    core = {"clip", "prior", "decoder", "upsampler"}
+    kept = []
+    for key in SECTIONS:
+        if key in sections or not core <= same or (key == "priors" and "ar_prior" not in same):
+            continue
+        if key in old["sections"]:
+            results["sections"][key] = old["sections"][key]
+            kept.append(key)
+        elif key in old.get("skipped", {}):
+            results.setdefault("skipped", {})[key] = old["skipped"][key]
+            kept.append(key)
+    return kept
 
 
 @contextmanager
