@@ -252,3 +252,22 @@ def test_upsampler_strength_one_is_unchanged_and_below_one_starts_from_the_image
     assert c.shape == a.shape and not torch.allclose(a, c)
     with pytest.raises(ValueError, match="strength must be in"):
         pipe.upsampler.sample(low, steps=4, strength=0.0)
+
+
+def test_decoder_guidance_none_takes_the_models_own_everywhere(pipe):
+    """None: the decoder config's guidance_scale (set per model: 8 oversaturates some), else 8."""
+    z = torch.nn.functional.normalize(torch.randn(1, pipe.clip.embed_dim, generator=_gen(1)), dim=-1)
+    old = pipe.decoder.config.guidance_scale
+    try:
+        pipe.decoder.config.guidance_scale = None
+        assert pipe.default_decoder_guidance() == 8.0 and pipe.default_decoder_guidance(2.0) == 2.0
+        pipe.decoder.config.guidance_scale = 1.5
+        assert pipe.default_decoder_guidance() == 1.5
+        for call in (lambda g: pipe("a cat", prior_steps=2, decoder_steps=2, upsample=False, output_type="pt",
+                                    decoder_guidance_scale=g, generator=_gen()).images,
+                     lambda g: pipe.from_embeds(z, "a cat", decoder_steps=2, upsample=False, output_type="pt",
+                                                decoder_guidance_scale=g, generator=_gen()).images):
+            torch.testing.assert_close(call(None), call(1.5), rtol=0, atol=0)
+            assert not torch.equal(call(None), call(8.0))
+    finally:
+        pipe.decoder.config.guidance_scale = old

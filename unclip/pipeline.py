@@ -172,7 +172,7 @@ class UnCLIPPipeline:
 
     @torch.no_grad()
     def from_embeds(self, image_embeds: torch.Tensor, caption: str | list[str] = "", *, latents=None,
-                    decoder_steps: int = 25, upsampler_steps: int = 7, decoder_guidance_scale: float = 8.0,
+                    decoder_steps: int = 25, upsampler_steps: int = 7, decoder_guidance_scale: float | None = None,
                     sampler: str = "ddim", eta: float = 0.0, upsample: bool = True, clip_denoised: bool | None = None,
                     generator: torch.Generator | None = None, output_type: str = "pil") -> UnCLIPOutput:
         """Decode given z_i (and optionally x_T): the shared end of variations, interpolations and edits.
@@ -182,6 +182,7 @@ class UnCLIPPipeline:
         (the shipped model: 15.8 dB with clipping, 21.0 dB without; 55.3 dB with 4 fixed-point iterations)."""
         if clip_denoised is None:
             clip_denoised = latents is None
+        decoder_guidance_scale = self.default_decoder_guidance(decoder_guidance_scale)  # None: the model's own
         check_ranges(decoder_steps=decoder_steps, upsampler_steps=upsampler_steps,
                      decoder_guidance_scale=decoder_guidance_scale, eta=eta)
         captions = [caption] * len(image_embeds) if isinstance(caption, str) else list(caption)
@@ -286,16 +287,18 @@ class UnCLIPPipeline:
 
     def clip_guided(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, steps: int = 50,
                     clip_guidance_scale: float = 300.0, cutn: int = 16, condition: str = "caption",
-                    guidance_scale: float = 3.0, sampler: str = "ddim", eta: float = 0.0, upsampler_steps: int = 7,
+                    guidance_scale: float | None = 3.0, sampler: str = "ddim", eta: float = 0.0, upsampler_steps: int = 7,
                     upsample: bool = True, generator: torch.Generator | None = None, output_type: str = "pil",
                     progress: bool = False) -> UnCLIPOutput:
         """The CLIP-guided baseline (clip_guided.py) on this model's decoder and CLIP: no prior, no z_i.
-        `image_embeds` of the output are the CLIP embeddings of the images it made."""
+        `image_embeds` of the output are the CLIP embeddings of the images it made; guidance_scale
+        (the caption's classifier-free guidance) None takes the decoder's own."""
         from unclip.clip_guided import clip_guided_denoiser
         from unclip.sampling import make_scheduler, sample
 
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         _check(prompts, num_images_per_prompt, sampler, output_type)
+        guidance_scale = self.default_decoder_guidance(guidance_scale)
         check_ranges(steps=steps, guidance_scale=guidance_scale, eta=eta, upsampler_steps=upsampler_steps)
         if clip_guidance_scale < 0 or cutn < 1:
             raise ValueError(f"clip_guidance_scale must be >= 0 and cutn >= 1, got {clip_guidance_scale} and {cutn}")

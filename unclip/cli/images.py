@@ -37,7 +37,7 @@ def register(sub) -> None:
         c.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
         c.add_argument("--seed", type=int, default=0)
         c.add_argument("--decoder-steps", type=int, default=25)
-        c.add_argument("--decoder-guidance", type=float, default=3.0)
+        c.add_argument("--decoder-guidance", type=float, help="default: the model's (its decoder config), else 8")
         c.add_argument("--threads", type=int, default=0)
         c.add_argument("--out", type=Path, default=Path(out))
         c.set_defaults(fn=fn)

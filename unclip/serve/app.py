@@ -197,12 +197,13 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
 
     @app.post("/v1/variations", status_code=202, dependencies=[Depends(auth)])
     async def variations(image: UploadFile = File(...), num_images: int = Form(4), seed: int | None = Form(None),
-                         eta: float = Form(1.0), decoder_steps: int = Form(25), decoder_guidance_scale: float = Form(3.0)):
+                         eta: float = Form(1.0), decoder_steps: int = Form(25), decoder_guidance_scale: float | None = Form(None)):
         import torch
 
         check_int("num_images", num_images, 1, limits.max_images)
         check_int("decoder_steps", decoder_steps, 1, limits.max_steps)
         check_float("eta", eta, 0, 1)
+        decoder_guidance_scale = pipe.default_decoder_guidance(decoder_guidance_scale)  # None: the model's own
         check_float("decoder_guidance_scale", decoder_guidance_scale, 0, 100)
         im, seed = await read_image("image", image), seed_of(seed)
         params = common(seed, task="variations", eta=eta, decoder_steps=decoder_steps,
@@ -216,11 +217,12 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
     async def interpolate(image_a: UploadFile | None = File(None), image_b: UploadFile | None = File(None),
                           prompt_a: str | None = Form(None), prompt_b: str | None = Form(None), frames: int = Form(8),
                           seed: int | None = Form(None), decoder_steps: int = Form(25),
-                          decoder_guidance_scale: float = Form(3.0)):
+                          decoder_guidance_scale: float | None = Form(None)):
         import torch
 
         check_int("frames", frames, 2, limits.max_frames)
         check_int("decoder_steps", decoder_steps, 1, limits.max_steps)
+        decoder_guidance_scale = pipe.default_decoder_guidance(decoder_guidance_scale)  # None: the model's own
         check_float("decoder_guidance_scale", decoder_guidance_scale, 0, 100)
         if image_a is not None and image_b is not None:
             a, b = await read_image("image_a", image_a), await read_image("image_b", image_b)
@@ -241,12 +243,13 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
     @app.post("/v1/edit", status_code=202, dependencies=[Depends(auth)])
     async def edit(image: UploadFile = File(...), from_text: str = Form(...), to_text: str = Form(...),
                    thetas: str = Form("0,0.1,0.2,0.3,0.4,0.5"), seed: int | None = Form(None),
-                   decoder_steps: int = Form(25), decoder_guidance_scale: float = Form(3.0)):
+                   decoder_steps: int = Form(25), decoder_guidance_scale: float | None = Form(None)):
         import torch
 
         check_prompt("from_text", from_text)
         check_prompt("to_text", to_text)
         check_int("decoder_steps", decoder_steps, 1, limits.max_steps)
+        decoder_guidance_scale = pipe.default_decoder_guidance(decoder_guidance_scale)  # None: the model's own
         check_float("decoder_guidance_scale", decoder_guidance_scale, 0, 100)
         try:
             ts = [float(t) for t in thetas.split(",")]
