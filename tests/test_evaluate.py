@@ -132,9 +132,10 @@ def test_eval_from_the_cli_prints_both_splits(tiny_model_dir, built_dataset, tmp
                               embed_dim=32)).save(tmp_path / "judge")
     assert main(["eval", "--model", str(tiny_model_dir), "--judge", str(tmp_path / "judge"), "--data", str(built_dataset),
                  "--n", "2", "--diversity-prompts", "1", "--diversity-samples", "2", "--prior-steps", "2",
-                 "--decoder-steps", "2", "--no-upsample", "--json"]) == 0
+                 "--decoder-steps", "2", "--no-upsample", "--reconstructions", "3", "--json"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(r["splits"]) == {"heldout_images", "heldout_concepts"} and r["generate"]["upsample"] is False
+    assert r["reconstruction"]["images"] == 3 and 0 <= r["reconstruction"]["top1"] <= r["reconstruction"]["top5"] <= 1
     assert "images" not in r["splits"]["heldout_images"] and r["seconds_per_image"] > 0
 
 
@@ -143,3 +144,28 @@ def test_eval_applies_lora_adapters_and_refuses_a_missing_one(tiny_model_dir, tm
 
     assert main(["eval", "--model", str(tiny_model_dir), "--lora", str(tmp_path / "none.safetensors"), "--n", "1"]) == 2
     assert "none.safetensors" in capsys.readouterr().err
+
+
+def test_reconstruction_scores_an_exact_decoder_perfectly_and_a_blind_one_by_chance(tiny_model_dir, built_dataset):
+    import numpy as np
+
+    import unclip
+    from unclip.clip import CLIPConfig, LockedTextCLIP
+    from unclip.clip_task import uint8_to_tensor
+    from unclip.embed import image_pack
+    from unclip.evaluate import judge_view, reconstruction
+
+    torch.manual_seed(0)
+    judge = LockedTextCLIP(CLIPConfig(image_tower="convnext", image_size=16, depths=(1, 1), hidden_sizes=(8, 16),
+                                      embed_dim=32))
+    view, clip = judge_view(judge, built_dataset), unclip.load(tiny_model_dir).clip
+    images, idx = image_pack(built_dataset, "heldout_images")
+    by_caption = {idx["captions"][idx["caption_offsets"][i]]: i for i in range(len(images))}
+
+    def exact(z, caps, g):  # the source image itself: what a perfect decoder of z_i would draw
+        return uint8_to_tensor(np.asarray(images[[by_caption[c] for c in caps]]))
+
+    r = reconstruction(view, built_dataset, 4, 0, exact, clip)
+    assert r["images"] == min(4, len(images)) and r["top1"] == 1.0 and abs(r["cosine"] - 1) < 1e-5
+    blank = reconstruction(view, built_dataset, 4, 0, lambda z, caps, g: torch.ones(len(z), 3, 64, 64), clip)
+    assert blank["cosine"] < 1 and blank["top1"] <= 0.5  # the same picture for all: one source at best

@@ -118,7 +118,7 @@ def judge_view(judge, data: Path) -> "JudgeView":
 
 def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, diversity_samples: int = 4,
              seed: int = 0, batch: int = 8, generate_kwargs: dict | None = None, progress: bool = True,
-             splits=SPLITS, generate=None) -> dict:
+             splits=SPLITS, generate=None, reconstructions: int = 0) -> dict:
     """Generated vs real held-out images under the judge; see the module docstring.
 
     `generate(prompts, generator) -> (B, 3, H, W) in [-1, 1]` replaces the pipeline's text-to-image
@@ -174,7 +174,35 @@ def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, d
     report["seconds_per_image"] = seconds / max(made, 1)
     if diversity_prompts:
         report["diversity"] = diversity(view, data, diversity_prompts, diversity_samples, seed, generate)
+    if reconstructions:
+        dec = {k: kw[k] for k in ("decoder_steps", "decoder_guidance_scale", "sampler", "upsample") if k in kw}
+        report["reconstruction"] = reconstruction(
+            view, data, reconstructions, seed, lambda z, caps, g: pipe.from_embeds(
+                z, caps, generator=g, output_type="pt", **dec).images * 2 - 1, pipe.clip)
     return report
+
+
+@torch.no_grad()
+def reconstruction(view: JudgeView, data: Path, n: int, seed: int, decode, clip, batch: int = 8) -> dict:
+    """The decoder alone, without the prior: held-out images decoded from their own z_i (the CLIP
+    stage's) and caption, `decode(z_i, captions, generator) -> (B, 3, H, W) in [-1, 1]`. Under the judge:
+    mean cosine between each reconstruction and its source, and top-1/top-5 retrieval of the source
+    among the n sources (a decoder that draws what z_i holds finds it; chance is 1/n)."""
+    from unclip.clip_task import uint8_to_tensor
+    from unclip.embed import image_pack
+
+    images, idx = image_pack(data, "heldout_images")
+    pick = np.sort(np.random.default_rng(seed + 2).choice(len(images), size=min(n, len(images)), replace=False))
+    real = uint8_to_tensor(np.asarray(images[pick]))  # (n, 3, H, W) in [-1, 1]
+    caps = [idx["captions"][idx["caption_offsets"][i]] for i in pick]
+    z = clip.encode_image(real)
+    out = torch.cat([decode(z[b:b + batch], caps[b:b + batch], torch.Generator().manual_seed(seed * 1000 + b))
+                     for b in range(0, len(pick), batch)])
+    sim = view.images(out)[1] @ view.images(real)[1].T  # (n, n): reconstruction i vs source j
+    target = torch.arange(len(pick))
+    top = sim.topk(min(5, len(pick)), dim=1).indices
+    return {"images": len(pick), "cosine": float(sim.diag().mean()),
+            "top1": float((top[:, 0] == target).float().mean()), "top5": float((top == target[:, None]).any(1).float().mean())}
 
 
 def strip(report: dict) -> dict:

@@ -31,6 +31,8 @@ def register(sub) -> None:
     ev.add_argument("--no-upsample", action="store_true", help="judge the decoder's images (the judge sees 64 px anyway)")
     ev.add_argument("--prior-guidance", type=float, help="default: the pipeline's (4)")
     ev.add_argument("--decoder-guidance", type=float, help="default: the model's (its decoder config), else 8")
+    ev.add_argument("--reconstructions", type=int, default=16,
+                    help="held-out images decoded from their own z_i: the decoder alone, without the prior (0: skip)")
     ev.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="a LoRA adapter applied first (repeatable)")
     ev.add_argument("--json", action="store_true")
 
@@ -89,7 +91,7 @@ def _eval(a) -> int:
         if getattr(a, k) is not None:
             kw[k + "_scale"] = getattr(a, k)
     r = evaluate(pipe, load_clip_dir(judge_dir), a.data, n=a.n, diversity_prompts=a.diversity_prompts,
-                 diversity_samples=a.diversity_samples, seed=a.seed, generate_kwargs=kw)
+                 diversity_samples=a.diversity_samples, seed=a.seed, generate_kwargs=kw, reconstructions=a.reconstructions)
     r = strip(r)
     r["model"], r["judge"] = str(model), str(judge_dir)
     if loras:
@@ -103,6 +105,10 @@ def _eval(a) -> int:
               f"top-1 {m['top1']:.3f} / top-5 {m['top5']:.3f} (real {m['top1_real']:.3f} / {m['top5_real']:.3f})")
     d = r["diversity"]
     print(f"diversity (1 - cos within a prompt): generated {d['generated']:.3f}, real within a concept {d['real']:.3f}")
+    if "reconstruction" in r:
+        m = r["reconstruction"]
+        print(f"decoder from the images' own z_i ({m['images']} held-out images): judge cosine to the source {m['cosine']:.3f}, "
+              f"source retrieved top-1 {m['top1']:.3f} / top-5 {m['top5']:.3f} (chance {1 / m['images']:.3f})")
     return 0
 
 
