@@ -22,8 +22,14 @@ def main() -> None:
     args = ap.parse_args()
     from unclip.embed import image_pack
 
-    full, lora = (Image.open(args.examples / d / "before_after.png").convert("RGB") for d in ("ft-full", "ft-lora"))
-    prompts = json.loads(Image.open(args.examples / "ft-full" / "before_after.png").text["parameters"])["prompts"]
+    sheets, prompts = {}, {}
+    for d in ("ft-full", "ft-lora"):
+        with Image.open(args.examples / d / "before_after.png") as im:
+            prompts[d] = json.loads(im.text["parameters"])["prompts"]
+            sheets[d] = im.convert("RGB")
+    if prompts["ft-full"] != prompts["ft-lora"]:
+        raise SystemExit("the two fine-tunes' grids are of different captions")
+    full, lora, prompts = sheets["ft-full"], sheets["ft-lora"], prompts["ft-full"]
     images, idx = image_pack(args.examples / "ft-full" / "data", "heldout_images", resolution=args.tile)
     side, n, t = full.height // 2, len(prompts), args.tile
     if [idx["captions"][i] for i in idx["caption_offsets"][:n]] != prompts:

@@ -2,10 +2,9 @@
 
     python scripts/iconify_folder.py fxemoji data/fxemoji_folder [--limit 400]
 
-The folder is what `unclip data import` / `unclip finetune` read: `NAME.png` (256 px, rendered from
-the icon set's SVG) + `metadata.jsonl` (`file_name`, `text`: the captions the build would give the
-image, in the source's own style names, e.g. "grinning face, FxEmoji style"). Icons whose name does
-not map to an emoji label are left out (counted).
+The folder is what `unclip data import` / `unclip finetune` read: `NAME.png` (256 px, rendered) + `metadata.jsonl` (`file_name`, `text`: the captions the build would give the
+image, in the source's own style names, e.g. "grinning face, FxEmoji style"). Icons that map to no
+emoji label, are in a group the source excludes, or do not render are left out (counted).
 """
 
 import argparse
@@ -16,8 +15,8 @@ from pathlib import Path
 from unclip.data import registry
 from unclip.data.build import _artwork_files
 from unclip.data.captions import make_captions
-from unclip.data.emojidb import EmojiDB
-from unclip.data.render import render
+from unclip.data.emojidb import EmojiDB, norm_hex
+from unclip.data.render import CorruptImage, render
 from unclip.data.sources import all_sources, metadata_packages
 from unclip.paths import downloads_dir
 
@@ -34,23 +33,36 @@ def main() -> None:
     db = EmojiDB.from_packages(registry.fetch(meta["emojibase"]["package"], meta["emojibase"]["version"], downloads_dir()))
     tgz = registry.fetch(source.package, source.version, downloads_dir())
     args.out.mkdir(parents=True, exist_ok=True)
-    rows, unlabelled, seen = [], 0, set()
+    rows, seen, counts = [], set(), {"unlabelled": 0, "excluded": 0, "unreadable": 0}
     with tarfile.open(tgz) as tar:
         for stem, data in sorted(_artwork_files(source, tar)):
-            hexcode = db.name_hexcode(stem)
+            hexcode = db.name_hexcode(stem) if source.naming == "name" else norm_hex(stem)  # as the build
             info = db.get(hexcode) if hexcode else None
-            if info is None or info.hexcode in seen:
-                unlabelled += info is None
+            if info is None:
+                counts["unlabelled"] += 1
+                continue
+            if info.group_key in source.exclude:
+                counts["excluded"] += 1
+                continue
+            if info.hexcode in seen:  # one image per emoji, the first by name
+                continue
+            try:
+                png = render(data, source.format, args.size).png
+            except CorruptImage:
+                counts["unreadable"] += 1
                 continue
             seen.add(info.hexcode)
             name = f"{stem}.png"
-            (args.out / name).write_bytes(render(data, source.format, args.size).png)
+            (args.out / name).write_bytes(png)
             rows.append({"file_name": name, "text": make_captions(info, source.style_names, stem)})
             if args.limit and len(rows) >= args.limit:
                 break
     (args.out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"{len(rows)} images of {source.name} ({source.license}, {source.attribution}) in {args.out}; "
-          f"{unlabelled} icons without an emoji label left out")
+    if not rows:
+        raise SystemExit(f"no image of {source.name} could be labelled and rendered ({counts})")
+    print(f"{len(rows)} images of {source.name} ({source.license}, {source.attribution}) in {args.out}; left out: "
+          f"{counts['unlabelled']} without an emoji label, {counts['excluded']} excluded groups, "
+          f"{counts['unreadable']} unreadable")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import sys
 
 from PIL import Image
 
+import unclip
 from unclip.cli import main
 
 
@@ -100,6 +101,8 @@ def test_vary_invert_interpolate_edit_from_the_cli(tiny_model_dir, tmp_path):
     Image.open(NPM / "emoji-datasource-google/package/img/google/64/1f680.png").save(src)
     common = ["--model", str(tiny_model_dir), "--decoder-steps", "3"]
     assert main(["vary", str(src), "--num-images", "2", "--out", str(tmp_path / "v.png"), *common]) == 0
+    params = json.loads(Image.open(tmp_path / "v.png").text["parameters"])
+    assert params["decoder_guidance_scale"] == unclip.load(tiny_model_dir).default_decoder_guidance()  # not null
     assert main(["invert", str(src), "--out", str(tmp_path / "i.png"), *common]) == 0
     from safetensors.torch import load_file
 

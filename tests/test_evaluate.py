@@ -65,7 +65,7 @@ def test_tiling_score_sees_repetition():
 def test_report_runs_every_section_and_writes_markdown(tiny_model_dir, built_dataset, tmp_path):
     import unclip
     from unclip.clip import CLIPConfig, LockedTextCLIP
-    from unclip.report import SECTIONS, run_report
+    from unclip.report import SECTIONS, keep_sections, run_report
 
     torch.manual_seed(0)
     judge = LockedTextCLIP(CLIPConfig(image_tower="convnext", image_size=16, depths=(1, 1), hidden_sizes=(8, 16),
@@ -83,13 +83,17 @@ def test_report_runs_every_section_and_writes_markdown(tiny_model_dir, built_dat
     for f in ("headline.png", "guidance.png", "samplers.png", "clip_guided.png", "results.json"):
         assert (tmp_path / "report" / f).exists()
     # one section again: the others are kept from results.json (same weights and settings)...
-    again = run_report(pipe, judge, built_dataset, tmp_path, n=2, sections=["priors"], log=lambda *_: None)
+    same = dict(n=2, diversity_prompts=1, diversity_samples=2, sections=["priors"], log=lambda *_: None)
+    again = run_report(pipe, judge, built_dataset, tmp_path, **same)
     assert again["sections"]["headline"] == json.loads(json.dumps(r["sections"]["headline"]))
     assert set(again["sections"]) == set(SECTIONS) and "Headline" in (tmp_path / "report.md").read_text()
+    stored = tmp_path / "report" / "results.json"
+    for change in ({"n": 3}, {"settings": {**again["settings"], "judge": "another judge"}}):
+        assert keep_sections(stored, {**again, "sections": {}, **change}, ["priors"]) == []  # other settings
     # ...but not once the decoder has changed: they would describe another model
     with torch.no_grad():
         next(pipe.decoder.parameters()).add_(1e-3)
-    changed = run_report(pipe, judge, built_dataset, tmp_path, n=2, sections=["priors"], log=lambda *_: None)
+    changed = run_report(pipe, judge, built_dataset, tmp_path, **same)
     assert set(changed["sections"]) == {"priors"}
 
 
@@ -159,11 +163,13 @@ def test_reconstruction_scores_an_exact_decoder_perfectly_and_a_blind_one_by_cha
     judge = LockedTextCLIP(CLIPConfig(image_tower="convnext", image_size=16, depths=(1, 1), hidden_sizes=(8, 16),
                                       embed_dim=32))
     view, clip = judge_view(judge, built_dataset), unclip.load(tiny_model_dir).clip
-    images, idx = image_pack(built_dataset, "heldout_images")
-    by_caption = {idx["captions"][idx["caption_offsets"][i]]: i for i in range(len(images))}
+    images, _ = image_pack(built_dataset, "heldout_images")
 
-    def exact(z, caps, g):  # the source image itself: what a perfect decoder of z_i would draw
-        return uint8_to_tensor(np.asarray(images[[by_caption[c] for c in caps]]))
+    real = uint8_to_tensor(np.asarray(images))
+    z_real = clip.encode_image(real)
+
+    def exact(z, caps, g):  # the image whose z_i this is: what a perfect decoder of z_i would draw
+        return real[(z @ z_real.T).argmax(1)]
 
     r = reconstruction(view, built_dataset, 4, 0, exact, clip)
     assert r["images"] == min(4, len(images)) and r["top1"] == 1.0 and abs(r["cosine"] - 1) < 1e-5

@@ -284,3 +284,19 @@ def test_upsampler_preview_shows_target_bicubic_and_model_rows(built_dataset, tm
     task.preview(task.model, tmp_path / "p.png", n=3)
     im = Image.open(tmp_path / "p.png")
     assert im.size[1] == 3 * 32 and im.size[0] % 32 == 0  # three rows: target, bicubic, model
+
+
+def test_held_out_batches_repeat_a_small_split_and_refuse_an_empty_one(built_dataset, tiny_clip_dir, tmp_path):
+    import numpy as np
+    import pytest
+
+    from unclip.conditioning import Conditioning
+
+    cond = Conditioning(built_dataset, "heldout_images", tiny_clip_dir)
+    k = len(cond)
+    b = cond.fixed_batch(k + 3)
+    assert len(b["image_embed"]) == k + 3  # every row a timestep of the held-out loss, even past the split's size
+    assert np.allclose(b["image_embed"][k:k + 3], b["image_embed"][:3]) and np.allclose(b["text_embed"][k], b["text_embed"][0])
+    cond.images = cond.images[:0]
+    with pytest.raises(ValueError, match="no images in the heldout_images split"):
+        cond.fixed_batch(4)

@@ -175,7 +175,12 @@ def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, d
     if diversity_prompts:
         report["diversity"] = diversity(view, data, diversity_prompts, diversity_samples, seed, generate)
     if reconstructions:
-        dec = {k: kw[k] for k in ("decoder_steps", "decoder_guidance_scale", "sampler", "upsample") if k in kw}
+        from unclip.sampling import DEFAULT_STEPS
+
+        steps = DEFAULT_STEPS[kw.get("sampler", "ddim")]  # as the pipeline's call: the sampler's own steps
+        dec = {"decoder_steps": steps["decoder"], "upsampler_steps": steps["upsampler"],
+               **{k: kw[k] for k in ("decoder_steps", "upsampler_steps", "decoder_guidance_scale", "sampler", "upsample")
+                  if k in kw}}
         report["reconstruction"] = reconstruction(
             view, data, reconstructions, seed, lambda z, caps, g: pipe.from_embeds(
                 z, caps, generator=g, output_type="pt", **dec).images * 2 - 1, pipe.clip)

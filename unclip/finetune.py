@@ -173,10 +173,13 @@ def style_report(base: Path, model_dir: Path, data: Path, cfg: FinetuneConfig, l
     if not (base_data / "manifest.json").exists():
         log(f"style retrieval skipped: no base dataset at {base_data} (`unclip data build`)")
         return {"skipped": f"no base dataset at {base_data}"}
+    style = json.loads((data / "manifest.json").read_text())["style"]
+    if style in set(image_pack(base_data, "train")[1]["styles"]):
+        log(f"style retrieval skipped: the base dataset already has a style named {style!r} (give --style NAME)")
+        return {"skipped": f"the base dataset already has a style named {style!r}"}
     before = UnCLIPPipeline.from_pretrained(base)
     probe = StyleProbe(before.clip, base, [base_data, data])
     images, idx = image_pack(data, "heldout_images")
-    style = json.loads((data / "manifest.json").read_text())["style"]
     first = idx["caption_offsets"][:-1][: cfg.style_prompts]
     prompts = [idx["captions"][i] for i in first]
     real = torch.from_numpy(np.array(images[: len(prompts)])).permute(0, 3, 1, 2).float() / 127.5 - 1

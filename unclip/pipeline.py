@@ -38,7 +38,8 @@ class UnCLIPPipeline:
         """`value`, else the decoder config's `guidance_scale` (what its evaluation chose), else Karlo's 8."""
         if value is not None:
             return value
-        return getattr(getattr(self.decoder, "config", None), "guidance_scale", None) or 8.0
+        own = getattr(getattr(self.decoder, "config", None), "guidance_scale", None)
+        return 8.0 if own is None else own
 
     def fast_resnets(self, enabled: bool = True) -> "UnCLIPPipeline":
         """In-place inference forward for the UNets' ResNet blocks (`unclip.fastpath`; on by default):

@@ -58,7 +58,13 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
     view = judge_view(judge, data)
     out = Path(out)
     (out / "report").mkdir(parents=True, exist_ok=True)
+    from unclip.embed import image_pack
+
     results: dict = {"n": n, "seed": seed, "model": pipe.name, "upsample": upsample, "weights": fingerprints(pipe),
+                     "settings": {"judge": weights_hash(judge),
+                                  "data": image_pack(data, "heldout_concepts")[1]["build_id"],
+                                  "diversity": [diversity_prompts, diversity_samples], "diffusers": compare_diffusers,
+                                  "decoder_guidance": pipe.default_decoder_guidance()},
                      "sections": {}}
     kept = keep_sections(out / "report" / "results.json", results, sections)
     if kept:
@@ -129,32 +135,37 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
     return results
 
 
-def fingerprints(pipe) -> dict[str, str]:
-    """A short hash of each stage's weights: which model a stored section was measured on."""
+STAGES = ("clip", "prior", "decoder", "upsampler", "ar_prior")
+
+
+def weights_hash(module) -> str | None:
+    """A short hash of a module's weights (None for no module)."""
     import hashlib
 
-    out = {}
-    for stage in ("clip", "prior", "decoder", "upsampler", "ar_prior"):
-        module = getattr(pipe, stage, None)
-        if module is not None:
-            h = hashlib.sha1()
-            for k, v in sorted(module.state_dict().items()):
-                h.update(k.encode())
-                h.update(v.detach().float().contiguous().numpy().tobytes())
-            out[stage] = h.hexdigest()[:12]
-    return out
+    if module is None:
+        return None
+    h = hashlib.sha1()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def fingerprints(pipe) -> dict[str, str | None]:
+    """Each stage's weights hash (None: no such stage): which model a stored section was measured on."""
+    return {stage: weights_hash(getattr(pipe, stage, None)) for stage in STAGES}
 
 
 def keep_sections(path: Path, results: dict, sections) -> list[str]:
     """Run for some sections only: copy the others from the stored results when they were measured with
-    the same settings on the same weights (the AR prior's only matters to its own section)."""
+    the same settings (n, seed, upsampling, judge, data, diversity, peers, default guidance) on the same
+    weights (the AR prior's only matters to its own section)."""
     if set(sections) >= set(SECTIONS) or not path.exists():
         return []
     old = json.loads(path.read_text())
-    if any(old.get(k) != results[k] for k in ("n", "seed", "model", "upsample")):
+    if any(old.get(k) != results[k] for k in ("n", "seed", "model", "upsample", "settings")):
         return []
-    same = {k for k in set(old.get("weights", {})) | set(results["weights"])
-            if old.get("weights", {}).get(k) == results["weights"].get(k)}
+    same = {k for k in STAGES if k in old.get("weights", {}) and old["weights"][k] == results["weights"][k]}
     core = {"clip", "prior", "decoder", "upsampler"}
     kept = []
     for key in SECTIONS:

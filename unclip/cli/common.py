@@ -54,7 +54,10 @@ def load_pipe(a):
     model = model_dir(a)
     if a.threads:
         torch.set_num_threads(a.threads)
-    return UnCLIPPipeline.from_pretrained(model), model
+    pipe = UnCLIPPipeline.from_pretrained(model)
+    if getattr(a, "decoder_guidance", None) is None and hasattr(a, "decoder_guidance"):
+        a.decoder_guidance = pipe.default_decoder_guidance()  # the value used is the value recorded
+    return pipe, model
 
 
 def common_params(a, model, **extra) -> dict:
