@@ -13,9 +13,9 @@ import tarfile
 from pathlib import Path
 
 from unclip.data import registry
-from unclip.data.build import _artwork_files
+from unclip.data.build import _artwork_files, artwork_info
 from unclip.data.captions import make_captions
-from unclip.data.emojidb import EmojiDB, norm_hex
+from unclip.data.emojidb import EmojiDB
 from unclip.data.render import CorruptImage, render
 from unclip.data.sources import all_sources, metadata_packages
 from unclip.paths import downloads_dir
@@ -36,13 +36,9 @@ def main() -> None:
     rows, seen, counts = [], set(), {"unlabelled": 0, "excluded": 0, "unreadable": 0}
     with tarfile.open(tgz) as tar:
         for stem, data in sorted(_artwork_files(source, tar)):
-            hexcode = db.name_hexcode(stem) if source.naming == "name" else norm_hex(stem)  # as the build
-            info = db.get(hexcode) if hexcode else None
+            info, why = artwork_info(source, stem, db)  # as the build labels it
             if info is None:
-                counts["unlabelled"] += 1
-                continue
-            if info.group_key in source.exclude:
-                counts["excluded"] += 1
+                counts[why] += 1
                 continue
             if info.hexcode in seen:  # one image per emoji, the first by name
                 continue

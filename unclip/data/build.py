@@ -137,18 +137,26 @@ def _artwork_files(source: Source, tar: tarfile.TarFile):
                 yield stem, tar.extractfile(m).read()
 
 
+def artwork_info(source: Source, stem: str, db: EmojiDB):
+    """The emoji an artwork file (named `stem`) shows: (EmojiInfo, None), else (None, "unlabelled" |
+    "excluded"): no emoji label for its name or codepoints, or in a group the source leaves out."""
+    hexcode = db.name_hexcode(stem) if source.naming == "name" else norm_hex(stem)
+    info = db.get(hexcode) if hexcode else None
+    if info is None:
+        return None, "unlabelled"
+    if info.group_key in source.exclude:
+        return None, "excluded"
+    return info, None
+
+
 def _source_members(source: Source, tgz: Path, db: EmojiDB, cfg: BuildConfig, counts: dict):
     """(hexcode, bytes) of the artwork files this source contributes, labelled and filtered."""
     items = []
     with tarfile.open(tgz) as tar:
         for stem, data in _artwork_files(source, tar):
-            hexcode = db.name_hexcode(stem) if source.naming == "name" else norm_hex(stem)
-            info = db.get(hexcode) if hexcode else None
+            info, why = artwork_info(source, stem, db)
             if info is None:
-                counts["unlabelled"] += 1
-                continue
-            if info.group_key in source.exclude:
-                counts["excluded"] += 1
+                counts[why] += 1
                 continue
             items.append((info.hexcode, data))
     items = list({h: (h, data) for h, data in reversed(items)}.values())  # one file per hexcode, the first
