@@ -165,6 +165,7 @@ def style_report(base: Path, model_dir: Path, data: Path, cfg: FinetuneConfig, l
     model, the fine-tuned one, and the real held-out images of SRC (the ceiling). `*_prior`: the same
     for the z_i the prior sampled (what the decoder was asked to draw). Skipped, with the reason, when
     the base dataset is absent."""
+    from unclip.clip_task import uint8_to_tensor
     from unclip.embed import image_pack
     from unclip.paths import default_data_dir
     from unclip.pipeline import UnCLIPPipeline
@@ -182,7 +183,7 @@ def style_report(base: Path, model_dir: Path, data: Path, cfg: FinetuneConfig, l
     images, idx = image_pack(data, "heldout_images")
     first = idx["caption_offsets"][:-1][: cfg.style_prompts]
     prompts = [idx["captions"][i] for i in first]
-    real = torch.from_numpy(np.array(images[: len(prompts)])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    real = uint8_to_tensor(np.asarray(images[: len(prompts)]))  # (n, 3, H, W) in [-1, 1]
     out = {"style": style, "styles": len(probe.names), "prompts": len(prompts)}
     runs = {"real": (None, before.clip.encode_image(real))}
     for name, pipe in (("before", before), ("after", load_finetuned(base, model_dir))):

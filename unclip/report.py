@@ -61,14 +61,14 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
     from unclip.embed import image_pack
 
     results: dict = {"n": n, "seed": seed, "model": pipe.name, "upsample": upsample, "weights": fingerprints(pipe),
-                     "settings": {"judge": weights_hash(judge),
+                     "settings": {"judge": module_hash(judge),
                                   "data": image_pack(data, "heldout_concepts")[1]["build_id"],
                                   "diversity": [diversity_prompts, diversity_samples], "diffusers": compare_diffusers,
                                   "decoder_guidance": pipe.default_decoder_guidance()},
                      "sections": {}}
     kept = keep_sections(out / "report" / "results.json", results, sections)
     if kept:
-        log(f"keeping the report's other sections ({', '.join(kept)}): same model weights, n, seed and upsampling")
+        log(f"keeping the report's other sections ({', '.join(kept)}): same weights and settings")
     split = "heldout_concepts"
 
     def ev(name, splits=(split,), div=diversity_prompts, generate=None, **kw):
@@ -138,7 +138,7 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
 STAGES = ("clip", "prior", "decoder", "upsampler", "ar_prior")
 
 
-def weights_hash(module) -> str | None:
+def module_hash(module) -> str | None:
     """A short hash of a module's weights (None for no module)."""
     import hashlib
 
@@ -153,7 +153,7 @@ def weights_hash(module) -> str | None:
 
 def fingerprints(pipe) -> dict[str, str | None]:
     """Each stage's weights hash (None: no such stage): which model a stored section was measured on."""
-    return {stage: weights_hash(getattr(pipe, stage, None)) for stage in STAGES}
+    return {stage: module_hash(getattr(pipe, stage, None)) for stage in STAGES}
 
 
 def keep_sections(path: Path, results: dict, sections) -> list[str]:

@@ -55,7 +55,7 @@ def load_pipe(a):
     if a.threads:
         torch.set_num_threads(a.threads)
     pipe = UnCLIPPipeline.from_pretrained(model)
-    if getattr(a, "decoder_guidance", None) is None and hasattr(a, "decoder_guidance"):
+    if hasattr(a, "decoder_guidance") and a.decoder_guidance is None:
         a.decoder_guidance = pipe.default_decoder_guidance()  # the value used is the value recorded
     return pipe, model
 
