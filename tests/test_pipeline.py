@@ -154,6 +154,31 @@ def test_variations_interpolation_and_text_diff_shapes(pipe):
     assert not torch.allclose(e.image_embeds[1], e.image_embeds[0])
 
 
+def test_text_diff_at_theta_0_is_the_inversion_decoded_at_guidance_1(pipe):
+    """The edit lives in z_i: inverted and decoded under the empty caption, at the inversion's guidance."""
+    image = _emoji()
+    z_i, x_T = pipe.invert(image, steps=3)
+    back = pipe.from_embeds(z_i, latents=x_T, decoder_steps=3, decoder_guidance_scale=1.0, upsample=False,
+                            output_type="pt").images
+    e = pipe.text_diff(image, "rocket", "red rocket", thetas=(0.0,), decoder_steps=3, upsample=False, output_type="pt")
+    torch.testing.assert_close(e.images, back)
+    assert pipe.default_decoder_guidance(None, inverted=True) == 1.0
+    assert pipe.default_decoder_guidance(2.5, inverted=True) == 2.5
+    assert pipe.default_decoder_guidance() == pipe.default_decoder_guidance(None, inverted=False) != 1.0
+
+
+def test_decoder_start_noise_can_be_given(pipe):
+    z = pipe.encode_image(_emoji())
+    text, empty = pipe.encode_prompt([""])
+    s = pipe.decoder.config.sample_size
+    kw = dict(steps=3, guidance_scale=2.0, sampler="ddim")
+    drawn = pipe.decoder.sample(z, text, empty, generator=_gen(5), **kw)
+    given = pipe.decoder.sample(z, text, empty, noise=torch.randn(1, 3, s, s, generator=_gen(5)), **kw)
+    torch.testing.assert_close(given, drawn)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        pipe.decoder.sample(z, text, empty, noise=torch.randn(2, 3, s, s), **kw)
+
+
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_samplers_reach_the_data_under_an_oracle_denoiser(sampler):
     """With the exact ε of a one-image dataset, every sampler must land on that image."""

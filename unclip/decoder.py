@@ -125,12 +125,13 @@ class Decoder(nn.Module):
     def sample(self, image_embeds: torch.Tensor, text, empty, *, steps: int = 25, guidance_scale: float = 8.0,
                sampler: str = "ddpm", eta: float = 0.0, generator: torch.Generator | None = None,
                latents: torch.Tensor | None = None, clip_denoised: bool = True, spacing: str = "trailing",
-               progress: str | None = None) -> torch.Tensor:
+               noise: torch.Tensor | None = None, progress: str | None = None) -> torch.Tensor:
         """z_i (B, D) + caption (TextEncoding; `empty` encodes "") -> images (B, 3, S, S) in [-1, 1].
 
         The unconditional half uses the learned null z_i and the "" caption. `latents`: a given x_T
         (e.g. from `invert`); clip_denoised=False turns off x0 clipping (exact inversion round trips);
-        spacing: DDIM's timestep spacing ("leading" to decode an inverted x_T, see `invert`).
+        spacing: DDIM's timestep spacing ("leading" to decode an inverted x_T, see `invert`); `noise`:
+        the N(0, I) draw (B, 3, S, S) that `start` turns into x_T, e.g. one shared by interpolation frames.
         """
         from unclip.sampling import make_scheduler, sample
 
@@ -140,11 +141,11 @@ class Decoder(nn.Module):
         if latents is not None:
             x, strength = latents.clone(), 1.0
         else:
-            x, strength = self.start(len(image_embeds), sched, steps, generator)
+            x, strength = self.start(len(image_embeds), sched, steps, generator, noise=noise)
         x = sample(denoise, x, sched, steps, generator, eta=eta, desc=progress, keep_channels=3, strength=strength)
         return x.clamp(-1, 1)
 
-    def start(self, b: int, sched, steps: int, generator=None, min_alpha_bar: float = 1e-4):
+    def start(self, b: int, sched, steps: int, generator=None, min_alpha_bar: float = 1e-4, noise=None):
         """x_T (B, 3, S, S) and the share of the `steps` timesteps to run from it.
 
         Standard (no config.dc_mean, or mean_start False): N(0, I) from the first timestep. With the
@@ -155,7 +156,9 @@ class Decoder(nn.Module):
         per channel, was drawn as a tinted background; this start gives it the data's mean instead.
         """
         s = self.config.sample_size
-        x = torch.randn(b, 3, s, s, generator=generator)
+        x = torch.randn(b, 3, s, s, generator=generator) if noise is None else noise.float()
+        if x.shape != (b, 3, s, s):
+            raise ValueError(f"noise must have shape {(b, 3, s, s)}, got {tuple(x.shape)}")
         if self.config.dc_mean is None or not self.mean_start:
             return x, 1.0
         sched.set_timesteps(steps)

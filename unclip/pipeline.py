@@ -34,10 +34,14 @@ class UnCLIPPipeline:
         return [u for u in (getattr(self.decoder, "unet", None), getattr(self.upsampler, "unet", None),
                             getattr(self.upsampler, "last_unet", None)) if u is not None]
 
-    def default_decoder_guidance(self, value: float | None = None) -> float:
-        """`value`, else the decoder config's `guidance_scale` (what its evaluation chose), else Karlo's 8."""
+    def default_decoder_guidance(self, value: float | None = None, inverted: bool = False) -> float:
+        """`value`, else 1 when decoding an inverted x_T (`invert` runs at guidance 1, and DDIM walks
+        back to the image only at the guidance it was inverted at), else the decoder config's
+        `guidance_scale` (what its evaluation chose), else Karlo's 8."""
         if value is not None:
             return value
+        if inverted:
+            return 1.0
         own = getattr(getattr(self.decoder, "config", None), "guidance_scale", None)
         return 8.0 if own is None else own
 
@@ -172,24 +176,25 @@ class UnCLIPPipeline:
         return z_i, x_T
 
     @torch.no_grad()
-    def from_embeds(self, image_embeds: torch.Tensor, caption: str | list[str] = "", *, latents=None,
+    def from_embeds(self, image_embeds: torch.Tensor, caption: str | list[str] = "", *, latents=None, noise=None,
                     decoder_steps: int = 25, upsampler_steps: int = 7, decoder_guidance_scale: float | None = None,
                     sampler: str = "ddim", eta: float = 0.0, upsample: bool = True, clip_denoised: bool | None = None,
                     generator: torch.Generator | None = None, output_type: str = "pil") -> UnCLIPOutput:
         """Decode given z_i (and optionally x_T): the shared end of variations, interpolations and edits.
 
-        With x_T given (an inversion), DDIM runs on "leading" timesteps as the inversion did, and x0 is
+        `noise`: the N(0, I) draw the decoder's start is made from (see Decoder.start), when not x_T
+        itself. With x_T given (an inversion), DDIM runs on "leading" timesteps as the inversion did, and x0 is
         not clipped unless clip_denoised=True: clipping breaks the deterministic path back to the image
         (the shipped model: 15.8 dB with clipping, 21.0 dB without; 55.3 dB with 4 fixed-point iterations)."""
         if clip_denoised is None:
             clip_denoised = latents is None
-        decoder_guidance_scale = self.default_decoder_guidance(decoder_guidance_scale)  # None: the model's own
+        decoder_guidance_scale = self.default_decoder_guidance(decoder_guidance_scale, inverted=latents is not None)
         check_ranges(decoder_steps=decoder_steps, upsampler_steps=upsampler_steps,
                      decoder_guidance_scale=decoder_guidance_scale, eta=eta)
         captions = [caption] * len(image_embeds) if isinstance(caption, str) else list(caption)
         text, empty = self.encode_prompt(captions)
         images = self.decoder.sample(image_embeds, text, empty, steps=decoder_steps, guidance_scale=decoder_guidance_scale,
-                                     sampler=sampler, eta=eta, generator=generator, latents=latents,
+                                     sampler=sampler, eta=eta, generator=generator, latents=latents, noise=noise,
                                      clip_denoised=clip_denoised, spacing="leading" if latents is not None else "trailing")
         if upsample and self.upsampler is not None:
             images = self.upsampler.sample(images, steps=upsampler_steps, generator=generator)
@@ -215,21 +220,24 @@ class UnCLIPPipeline:
             gen = kwargs.get("generator")
             z = self.sample_image_embeds(text, empty, generator=gen)
             z_a, z_b, x_a, x_b = z[:1], z[1:], None, None
-            if invert:  # one shared x_T keeps the layout steady along the path
-                x_a = x_b = torch.randn(1, 3, self.decoder.config.sample_size, self.decoder.config.sample_size, generator=gen)
+            s = self.decoder.config.sample_size
+            # one shared start noise keeps the layout steady along the path (shaped by the decoder's start)
+            noise = torch.randn(1, 3, s, s, generator=gen).repeat(frames, 1, 1, 1) if invert else None
         else:
             (z_a, x_a), (z_b, x_b) = ((self.invert(im, steps=decoder_steps) if invert else (self.encode_image(im), None))
                                       for im in (a, b))
+            noise = None
         ts = torch.linspace(0, 1, frames)
         z = torch.cat([slerp(z_a, z_b, float(t)) for t in ts])
         latents = torch.cat([slerp(x_a, x_b, float(t)) for t in ts]) if x_a is not None else None
-        return self.from_embeds(z, latents=latents, decoder_steps=decoder_steps, sampler="ddim", **kwargs)
+        return self.from_embeds(z, latents=latents, noise=noise, decoder_steps=decoder_steps, sampler="ddim", **kwargs)
 
     def text_diff(self, image, from_caption: str, to_caption: str, thetas=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5), *,
                   decoder_steps: int = 25, **kwargs) -> UnCLIPOutput:
         """Language-guided edit: slerp z_i towards z_d = normalize(z_t(to) - z_t(from)) by each θ,
-        with x_T fixed from the image's inversion."""
-        z_i, x_T = self.invert(image, caption=from_caption, steps=decoder_steps)
+        with x_T fixed from the image's inversion. The edit lives in z_i alone: the decoder's caption is
+        "" in the inversion and in every frame, so θ = 0 redraws the image."""
+        z_i, x_T = self.invert(image, steps=decoder_steps)
         text, _ = self.encode_prompt([from_caption, to_caption])
         z_d = torch.nn.functional.normalize(text.text_embed[1:] - text.text_embed[:1], dim=-1)
         norm = z_i.norm(dim=-1, keepdim=True)

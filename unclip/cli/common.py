@@ -46,7 +46,7 @@ def model_dir(a) -> Path:
     return model
 
 
-def load_pipe(a):
+def load_pipe(a, inverted: bool = False):
     import torch
 
     from unclip.pipeline import UnCLIPPipeline
@@ -56,7 +56,7 @@ def load_pipe(a):
         torch.set_num_threads(a.threads)
     pipe = UnCLIPPipeline.from_pretrained(model)
     if hasattr(a, "decoder_guidance") and a.decoder_guidance is None:
-        a.decoder_guidance = pipe.default_decoder_guidance()  # the value used is the value recorded
+        a.decoder_guidance = pipe.default_decoder_guidance(inverted=inverted)  # the value used is the value recorded
     return pipe, model
 
 

@@ -37,7 +37,9 @@ def register(sub) -> None:
         c.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
         c.add_argument("--seed", type=int, default=0)
         c.add_argument("--decoder-steps", type=int, default=25)
-        c.add_argument("--decoder-guidance", type=float, help="default: the model's (its decoder config), else 8")
+        c.add_argument("--decoder-guidance", type=float,
+                       help="default: 1 when decoding an inverted x_T (vary --inversion, interpolate of two images, edit), "
+                            "else the model's (its decoder config), else 8")
         c.add_argument("--threads", type=int, default=0)
         c.add_argument("--out", type=Path, default=Path(out))
         c.set_defaults(fn=fn)
@@ -154,7 +156,7 @@ def _probe(a) -> int:
 def _vary(a) -> int:
     import torch
 
-    pipe, model = load_pipe(a)
+    pipe, model = load_pipe(a, inverted=a.inversion)
     out = pipe.variations(open_image(a.image), a.num_images, eta=a.eta, use_inversion=a.inversion,
                           decoder_steps=a.decoder_steps, decoder_guidance_scale=a.decoder_guidance,
                           generator=torch.Generator().manual_seed(a.seed))
@@ -187,10 +189,10 @@ def _invert(a) -> int:
 def _interpolate(a) -> int:
     import torch
 
-    pipe, model = load_pipe(a)
     x, y = image_or_prompt(a.a), image_or_prompt(a.b)
     if isinstance(x, str) != isinstance(y, str):
         raise ValueError("interpolate takes two images or two prompts, not one of each")
+    pipe, model = load_pipe(a, inverted=not isinstance(x, str))
     out = pipe.interpolate(x, y, a.frames, decoder_steps=a.decoder_steps, decoder_guidance_scale=a.decoder_guidance,
                            generator=torch.Generator().manual_seed(a.seed))
     save_grid(out.images, a, common_params(a, model, task="interpolate", start=a.a, end=a.b, frames=a.frames), cols=a.frames)
@@ -207,7 +209,7 @@ def _edit(a) -> int:
     import torch
 
     thetas = [float(t) for t in a.thetas.split(",")]
-    pipe, model = load_pipe(a)
+    pipe, model = load_pipe(a, inverted=True)
     out = pipe.text_diff(open_image(a.image), a.from_text, a.to_text, thetas, decoder_steps=a.decoder_steps,
                          decoder_guidance_scale=a.decoder_guidance, generator=torch.Generator().manual_seed(a.seed))
     save_grid(out.images, a, common_params(a, model, task="text_diff", image=str(a.image), **{"from": a.from_text, "to": a.to_text},

@@ -222,7 +222,8 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
 
         check_int("frames", frames, 2, limits.max_frames)
         check_int("decoder_steps", decoder_steps, 1, limits.max_steps)
-        decoder_guidance_scale = pipe.default_decoder_guidance(decoder_guidance_scale)  # None: the model's own
+        decoder_guidance_scale = pipe.default_decoder_guidance(decoder_guidance_scale, inverted=image_a is not None
+                                                               and image_b is not None)  # None: the model's own
         check_float("decoder_guidance_scale", decoder_guidance_scale, 0, 100)
         if image_a is not None and image_b is not None:
             a, b = await read_image("image_a", image_a), await read_image("image_b", image_b)
@@ -249,7 +250,7 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         check_prompt("from_text", from_text)
         check_prompt("to_text", to_text)
         check_int("decoder_steps", decoder_steps, 1, limits.max_steps)
-        decoder_guidance_scale = pipe.default_decoder_guidance(decoder_guidance_scale)  # None: the model's own
+        decoder_guidance_scale = pipe.default_decoder_guidance(decoder_guidance_scale, inverted=True)  # None: 1
         check_float("decoder_guidance_scale", decoder_guidance_scale, 0, 100)
         try:
             ts = [float(t) for t in thetas.split(",")]
