@@ -231,13 +231,15 @@ def _plot_samplers(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for r in rows:
         # the basic bootstrap interval need not contain the point estimate (FD is biased upwards at
         # small n), so the interval is drawn as its own bar, not as an error bar around the point
         ax.vlines(r["seconds_per_image"], r["fd_lo"], r["fd_hi"], colors="grey")
         ax.plot(r["seconds_per_image"], r["fd"], "o")
-        ax.annotate(f"{r['sampler']} {r['steps']}", (r["seconds_per_image"], r["fd"]), textcoords="offset points", xytext=(5, 5))
+        label = f"{r['sampler'].replace(' UnCLIPPipeline', '')} {r['steps']}"
+        ax.annotate(label, (r["seconds_per_image"], r["fd"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlim(0, 1.3 * max(r["seconds_per_image"] for r in rows))  # room for the labels inside the axes
     ax.set(xlabel="seconds per image (this CPU)", ylabel="judge FD (95% interval)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
