@@ -71,6 +71,26 @@ def test_generate_writes_a_grid_with_its_parameters(tiny_model_dir, tmp_path):
     assert "trainedAlgorithmicMedia" in im.text["DigitalSourceType"]
 
 
+def test_generate_under_bf16_records_it_and_stays_close_to_fp32(tiny_model_dir, tmp_path):
+    import numpy as np
+
+    args = ["generate", "red heart", "--model", str(tiny_model_dir), "--num-images", "2", "--prior-steps", "2",
+            "--decoder-steps", "3", "--upsampler-steps", "2", "--seed", "3"]
+    assert main(args + ["--out", str(tmp_path / "a.png")]) == 0
+    assert main(args + ["--precision", "bf16", "--out", str(tmp_path / "b.png")]) == 0
+    assert main(args[:-1] + ["4", "--out", str(tmp_path / "c.png")]) == 0
+    a, b, c = (Image.open(tmp_path / f"{n}.png") for n in "abc")
+    assert json.loads(b.text["parameters"])["precision"] == "bf16"
+    assert json.loads(a.text["parameters"])["precision"] == "fp32"
+
+    def dist(x, y):
+        return np.abs(np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64)).mean()
+
+    # not the same computation, and much nearer the fp32 image than another seed's (this random model
+    # magnifies rounding: the shipped one moves by ~1% of the range)
+    assert 0 < dist(a, b) < 0.5 * dist(a, c), (dist(a, b), dist(a, c))
+
+
 def test_same_seed_same_settings_give_byte_identical_pngs(tiny_model_dir, tmp_path):
     args = ["generate", "red heart", "--model", str(tiny_model_dir), "--num-images", "2", "--prior-steps", "2",
             "--decoder-steps", "3", "--upsampler-steps", "2", "--sampler", "ddpm", "--seed", "5"]
@@ -116,6 +136,9 @@ def test_vary_invert_interpolate_edit_from_the_cli(tiny_model_dir, tmp_path):
     assert main(["edit", str(src), "--from", "rocket", "--to", "red rocket", "--thetas", "0,0.5",
                  "--out", str(tmp_path / "e.png"), *common]) == 0
     assert Image.open(tmp_path / "e.png").size == (2 * 64, 64)  # upsampled 16 -> 64
+    edit = json.loads(Image.open(tmp_path / "e.png").text["parameters"])
+    assert edit["decoder_guidance_scale"] == 1.0  # decoded from the inversion: its own guidance
+    assert edit["precision"] == "fp32"
 
 
 def test_image_commands_reject_bad_inputs(tiny_model_dir, tmp_path):
@@ -159,6 +182,9 @@ def test_bench_generate_json(tiny_model_dir, capsys):
     assert rows["ddpm"]["decoder_steps"] == 50 and rows["dpm++"]["decoder_steps"] <= 50 / 4
     assert rows["ddpm"]["time_vs_ddpm"] == 1.0 and rows["dpm++"]["seconds"] > 0 and r["peak_rss_mb"] > 0
     assert main(["bench", "generate", "--model", str(tiny_model_dir), "--num-images", "1", "--repeats", "1",
-                 "--samplers", "dpm++", "--diffusers", "--json"]) == 0
-    d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["vs_diffusers"]
+                 "--samplers", "dpm++", "--diffusers", "--precisions", "fp32,bf16", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    d = r["vs_diffusers"]
     assert d["max_abs_diff"] < 1e-4 and d["ours_s"] > 0 and d["diffusers_s"] > 0 and d["steps"] == [25, 25, 7]
+    assert d["bf16_max_abs_diff"] > d["max_abs_diff"] and d["ours_bf16_s"] > 0  # bf16: its own contestant
+    assert [row["precision"] for row in r["samplers"]] == ["fp32", "bf16"]

@@ -167,6 +167,29 @@ def test_text_diff_at_theta_0_is_the_inversion_decoded_at_guidance_1(pipe):
     assert pipe.default_decoder_guidance() == pipe.default_decoder_guidance(None, inverted=False) != 1.0
 
 
+def test_precision_autocasts_the_denoisers_and_fp32_restores_them(pipe):
+    import copy
+
+    pipe = copy.deepcopy(pipe)
+    z = pipe.encode_image(_emoji())
+    text, empty = pipe.encode_prompt([""])
+    kw = dict(steps=3, guidance_scale=2.0, sampler="ddim", generator=None)
+    fp32 = pipe.decoder.sample(z, text, empty, **{**kw, "generator": _gen(1)})
+    x = torch.randn(1, 3, 16, 16)
+    t = torch.tensor([500])
+    eps32 = pipe.decoder(x, t, z, text.text_embed, text.hidden_states, text.mask)
+    pipe.set_precision("bf16")
+    assert pipe.precision == "bf16"
+    eps16 = pipe.decoder(x, t, z, text.text_embed, text.hidden_states, text.mask)
+    assert eps16.dtype == torch.float32  # back in fp32 for the sampler's arithmetic
+    assert 0 < float((eps16 - eps32).abs().max()) < 0.1 * float(eps32.abs().max())
+    assert pipe.prior.forward.__func__ is pipe.decoder.forward.__func__  # every denoiser, not only the decoder
+    pipe.set_precision("fp32")
+    torch.testing.assert_close(pipe.decoder.sample(z, text, empty, **{**kw, "generator": _gen(1)}), fp32, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
+        pipe.set_precision("int8")
+
+
 def test_decoder_start_noise_can_be_given(pipe):
     z = pipe.encode_image(_emoji())
     text, empty = pipe.encode_prompt([""])

@@ -102,29 +102,38 @@ def _build(stage: str, p: dict):
 
 
 def bench_generate(model, samplers=("ddpm", "ddim", "dpm++"), num_images: int = 4, repeats: int = 2,
-                   prompt: str = "a grinning cat, 3D style", compare_diffusers: bool = False) -> dict:
-    """Text -> image wall time per sampler at its default steps (sampling.DEFAULT_STEPS), in one
-    process: a warm-up call, then the best of `repeats` timed calls (the machines here are shared)."""
+                   prompt: str = "a grinning cat, 3D style", compare_diffusers: bool = False,
+                   precisions=("fp32",)) -> dict:
+    """Text -> image wall time per sampler at its default steps (sampling.DEFAULT_STEPS) and per
+    precision (`UnCLIPPipeline.set_precision`), in one process: a warm-up call, then the best of
+    `repeats` timed calls (the machines here are shared)."""
     import resource
 
     from unclip.pipeline import UnCLIPPipeline
+    from unclip.precision import check_precision
     from unclip.sampling import DEFAULT_STEPS
 
+    for p in precisions:
+        check_precision(p)
     pipe = UnCLIPPipeline.from_pretrained(model)
-    pipe(prompt, 1, prior_steps=2, decoder_steps=2, upsampler_steps=2, generator=torch.Generator().manual_seed(0))
     rows = []
-    for sampler in samplers:
-        times = []
-        for r in range(repeats):
-            t = time.perf_counter()
-            pipe(prompt, num_images, sampler=sampler, generator=torch.Generator().manual_seed(r))
-            times.append(time.perf_counter() - t)
-        best = min(times)
-        rows.append({"sampler": sampler, **{f"{k}_steps": v for k, v in DEFAULT_STEPS[sampler].items()},
-                     "num_images": num_images, "seconds": round(best, 3), "seconds_per_image": round(best / num_images, 3),
-                     "upsampled": pipe.upsampler is not None})
-    base = next((r["seconds"] for r in rows if r["sampler"] == "ddpm"), None)
-    rows_d = bench_vs_diffusers(pipe, num_images, repeats, prompt) if compare_diffusers else None
+    for precision in precisions:
+        pipe.set_precision(precision)
+        pipe(prompt, 1, prior_steps=2, decoder_steps=2, upsampler_steps=2, generator=torch.Generator().manual_seed(0))
+        for sampler in samplers:
+            times = []
+            for r in range(repeats):
+                t = time.perf_counter()
+                pipe(prompt, num_images, sampler=sampler, generator=torch.Generator().manual_seed(r))
+                times.append(time.perf_counter() - t)
+            best = min(times)
+            rows.append({"sampler": sampler, "precision": precision,
+                         **{f"{k}_steps": v for k, v in DEFAULT_STEPS[sampler].items()},
+                         "num_images": num_images, "seconds": round(best, 3), "seconds_per_image": round(best / num_images, 3),
+                         "upsampled": pipe.upsampler is not None})
+    pipe.set_precision("fp32")
+    base = next((r["seconds"] for r in rows if r["sampler"] == "ddpm" and r["precision"] == "fp32"), None)
+    rows_d = bench_vs_diffusers(pipe, num_images, repeats, prompt, also_bf16="bf16" in precisions) if compare_diffusers else None
     for r in rows:
         r["time_vs_ddpm"] = round(r["seconds"] / base, 3) if base else None
     return {"model": str(model), "threads": torch.get_num_threads(), "samplers": rows, "vs_diffusers": rows_d,
@@ -165,9 +174,11 @@ def _rss() -> int:
         return 0
 
 
-def bench_vs_diffusers(pipe, num_images: int, repeats: int, prompt: str, steps=(25, 25, 7)) -> dict:
+def bench_vs_diffusers(pipe, num_images: int, repeats: int, prompt: str, steps=(25, 25, 7), also_bf16: bool = False) -> dict:
     """Our pipeline and diffusers' `UnCLIPPipeline` on the same weights (exported to diffusers' layout),
-    same prompt, seed, DDPM and steps (diffusers' defaults 25/25/7), alternated in one process."""
+    same prompt, seed, DDPM and steps (diffusers' defaults 25/25/7), both fp32, alternated in one
+    process. also_bf16: ours under bf16 autocast as a third contestant (not identical settings: its
+    own ratio, with its own image difference)."""
     import tempfile
 
     import numpy as np
@@ -188,24 +199,37 @@ def bench_vs_diffusers(pipe, num_images: int, repeats: int, prompt: str, steps=(
         return theirs(prompt, num_images_per_prompt=num_images, prior_num_inference_steps=p, decoder_num_inference_steps=d,
                       super_res_num_inference_steps=u, generator=torch.Generator().manual_seed(seed), output_type="np").images
 
+    def ours_bf16(seed):
+        pipe.set_precision("bf16")
+        try:
+            return ours_call(seed)
+        finally:
+            pipe.set_precision("fp32")
+
+    contestants = [("ours", ours_call), ("theirs", their_call)] + ([("ours_bf16", ours_bf16)] if also_bf16 else [])
     mean_start, pipe.decoder.mean_start = pipe.decoder.mean_start, False  # N(0, I) from t = 999, as diffusers
     try:
         pipe.memory_format(torch.contiguous_format)  # the same layout as diffusers: the same numbers
-        diff = float(np.abs(ours_call(0) - their_call(0)).max())  # also the warm-up
+        reference = their_call(0)  # also the warm-up
+        diff = float(np.abs(ours_call(0) - reference).max())
         pipe.memory_format(torch.channels_last)  # then timed as we run
-        t_ours, t_theirs, m_ours, m_theirs = [], [], 0.0, 0.0
+        diff_bf16 = float(np.abs(ours_bf16(0) - reference).max()) if also_bf16 else None
+        times, peaks = {name: [] for name, _ in contestants}, {name: 0.0 for name, _ in contestants}
         for r in range(repeats):
-            for fn, times, which in ((ours_call, t_ours, "ours"), (their_call, t_theirs, "theirs")):
+            for name, fn in contestants:
                 with _PeakRSS() as mem:
                     t = time.perf_counter()
                     fn(r + 1)
-                    times.append(time.perf_counter() - t)
-                if which == "ours":
-                    m_ours = max(m_ours, mem.mb)
-                else:
-                    m_theirs = max(m_theirs, mem.mb)
+                    times[name].append(time.perf_counter() - t)
+                peaks[name] = max(peaks[name], mem.mb)
     finally:
         pipe.decoder.mean_start = mean_start
-    return {"steps": list(steps), "sampler": "ddpm", "num_images": num_images, "max_abs_diff": diff,
-            "ours_s": round(min(t_ours), 3), "diffusers_s": round(min(t_theirs), 3),
-            "time_ratio": round(min(t_ours) / min(t_theirs), 3), "ours_peak_mb": m_ours, "diffusers_peak_mb": m_theirs}
+    best = {name: min(v) for name, v in times.items()}
+    out = {"steps": list(steps), "sampler": "ddpm", "num_images": num_images, "max_abs_diff": diff,
+           "ours_s": round(best["ours"], 3), "diffusers_s": round(best["theirs"], 3),
+           "time_ratio": round(best["ours"] / best["theirs"], 3), "ours_peak_mb": peaks["ours"],
+           "diffusers_peak_mb": peaks["theirs"]}
+    if also_bf16:
+        out.update(ours_bf16_s=round(best["ours_bf16"], 3), bf16_time_ratio=round(best["ours_bf16"] / best["theirs"], 3),
+                   bf16_max_abs_diff=diff_bf16)
+    return out

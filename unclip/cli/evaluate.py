@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from unclip.cli.common import apply_loras, find_judge, load_pipe, model_dir
+from unclip.cli.common import add_precision, apply_loras, find_judge, load_pipe, model_dir
 from unclip.paths import default_data_dir
 
 
@@ -34,6 +34,7 @@ def register(sub) -> None:
     ev.add_argument("--reconstructions", type=int, default=16,
                     help="held-out images decoded from their own z_i: the decoder alone, without the prior (0: skip)")
     ev.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="a LoRA adapter applied first (repeatable)")
+    add_precision(ev)
     ev.add_argument("--json", action="store_true")
 
     rp = judged_command("report", "evaluation + the paper's ablations -> OUT/report.md with plots and grids", _report, 16)
@@ -61,6 +62,8 @@ def register(sub) -> None:
     bg.add_argument("--repeats", type=int, default=2, help="timed calls per sampler; the best is kept")
     bg.add_argument("--threads", type=int, default=0)
     bg.add_argument("--diffusers", action="store_true", help="also time diffusers' UnCLIPPipeline on the same weights")
+    bg.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16, fp16 (with --diffusers, bf16 "
+                    "also races diffusers' fp32 as a third contestant)")
     bg.add_argument("--json", action="store_true")
     bg.set_defaults(fn=_bench_generate)
     bs = bench.add_parser("serve", help="a real server on loopback: concurrent clients, then a fuzz run")
@@ -93,7 +96,7 @@ def _eval(a) -> int:
     r = evaluate(pipe, load_clip_dir(judge_dir), a.data, n=a.n, diversity_prompts=a.diversity_prompts,
                  diversity_samples=a.diversity_samples, seed=a.seed, generate_kwargs=kw, reconstructions=a.reconstructions)
     r = strip(r)
-    r["model"], r["judge"] = str(model), str(judge_dir)
+    r["model"], r["judge"], r["precision"] = str(model), str(judge_dir), a.precision
     if loras:
         r["lora"] = loras
     if a.json:
@@ -149,12 +152,13 @@ def _bench_generate(a) -> int:
     model = model_dir(a)
     if a.threads:
         torch.set_num_threads(a.threads)
-    r = bench_generate(model, a.samplers.split(","), a.num_images, a.repeats, compare_diffusers=a.diffusers)
+    r = bench_generate(model, a.samplers.split(","), a.num_images, a.repeats, compare_diffusers=a.diffusers,
+                       precisions=a.precisions.split(","))
     if a.json:
         print(json.dumps(r))
     else:
         for row in r["samplers"]:
-            print(f"{row['sampler']:>6} {row['prior_steps']:>3}/{row['decoder_steps']:>3}/{row['upsampler_steps']:>2} steps  "
+            print(f"{row['sampler']:>6} {row['precision']} {row['prior_steps']:>3}/{row['decoder_steps']:>3}/{row['upsampler_steps']:>2} steps  "
                   f"{row['seconds']:7.2f} s  {row['seconds_per_image']:6.2f} s/image  ×{row['time_vs_ddpm']} of ddpm")
         print(f"peak RSS {r['peak_rss_mb']} MB, {r['threads']} threads")
         d = r["vs_diffusers"]
@@ -162,6 +166,9 @@ def _bench_generate(a) -> int:
             print(f"vs diffusers UnCLIPPipeline (same weights, DDPM {'/'.join(map(str, d['steps']))}): ours {d['ours_s']} s, "
                   f"diffusers {d['diffusers_s']} s, ratio {d['time_ratio']}; peak +{d['ours_peak_mb']} MB vs "
                   f"+{d['diffusers_peak_mb']} MB; max |Δ| of the images {d['max_abs_diff']:.2e}")
+            if "ours_bf16_s" in d:
+                print(f"ours under bf16 autocast: {d['ours_bf16_s']} s, ratio {d['bf16_time_ratio']} of diffusers' fp32; "
+                      f"max |Δ| of the images {d['bf16_max_abs_diff']:.2e}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from unclip.cli.common import (apply_loras, check_prompt, common_params, image_or_prompt, load_pipe,
+from unclip.cli.common import (add_precision, apply_loras, check_prompt, common_params, image_or_prompt, load_pipe,
                                model_dir, open_image, save_grid)
 
 
@@ -28,6 +28,7 @@ def register(sub) -> None:
                         "(default: the upsampler's own)")
     g.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="a LoRA adapter from `train --lora-rank` "
                    "(repeatable; SCALE multiplies its update, default 1)")
+    add_precision(g)
     g.add_argument("--threads", type=int, default=0)
     g.add_argument("--out", type=Path, default=Path("unclip.png"))
     g.set_defaults(fn=_generate)
@@ -40,6 +41,7 @@ def register(sub) -> None:
         c.add_argument("--decoder-guidance", type=float,
                        help="default: 1 when decoding an inverted x_T (vary --inversion, interpolate of two images, edit), "
                             "else the model's (its decoder config), else 8")
+        add_precision(c)
         c.add_argument("--threads", type=int, default=0)
         c.add_argument("--out", type=Path, default=Path(out))
         c.set_defaults(fn=fn)
@@ -105,7 +107,7 @@ def _generate(a) -> int:
     check_prompt(a.prompt)
     if a.threads:
         torch.set_num_threads(a.threads)
-    pipe = UnCLIPPipeline.from_pretrained(model)
+    pipe = UnCLIPPipeline.from_pretrained(model).set_precision(a.precision)
     loras = apply_loras(pipe, a.lora)
     from unclip.sampling import DEFAULT_STEPS
 
@@ -115,7 +117,8 @@ def _generate(a) -> int:
     params = {"prompt": a.prompt, "seed": a.seed, "num_images": a.num_images, "prior": a.prior, **steps,
               "prior_guidance_scale": a.prior_guidance,
               "decoder_guidance_scale": pipe.default_decoder_guidance(a.decoder_guidance),
-              "sampler": a.sampler, "eta": a.eta, "best_of": a.best_of, "model": str(model), "model_hash": model_hash(model),
+              "sampler": a.sampler, "eta": a.eta, "best_of": a.best_of, "precision": a.precision,
+              "model": str(model), "model_hash": model_hash(model),
               "upsampler_strength": a.upsampler_strength if a.upsampler_strength is not None else
               (pipe.upsampler.config.strength if pipe.upsampler is not None else None),
               **({"lora": loras} if loras else {})}

@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+from unclip.cli.common import add_precision
+
 
 def register(sub) -> None:
     sv = sub.add_parser("serve", help="REST API (+ A1111 txt2img) and a web page, on one model worker")
@@ -16,6 +18,7 @@ def register(sub) -> None:
     sv.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body")
     sv.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest uploaded image (width × height)")
     sv.add_argument("--threads", type=int, default=0)
+    add_precision(sv)
     sv.set_defaults(fn=_serve)
 
 
@@ -35,5 +38,5 @@ def _serve(a) -> int:
         print(f"warning: serving on {a.host} without an API key; anyone who can reach it can use it", file=sys.stderr)
     limits = Limits(max_queue=a.max_queue, max_images=a.max_images, max_steps=a.max_steps,
                     max_upload_bytes=int(a.max_upload_mb * 2**20), max_pixels=a.max_pixels)
-    serve(a.model, a.host, a.port, key, limits, a.threads)
+    serve(a.model, a.host, a.port, key, limits, a.threads, precision=a.precision)
     return 0

@@ -156,7 +156,7 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         return (n or 7) if pipe.upsampler is not None else 0
 
     def common(seed: int, **extra) -> dict:
-        return {"seed": seed, "model": model["name"], "model_hash": model["hash"], **extra}
+        return {"seed": seed, "model": model["name"], "model_hash": model["hash"], "precision": pipe.precision, **extra}
 
     # -- native API ---------------------------------------------------------------------------
     @app.get("/healthz")
