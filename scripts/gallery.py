@@ -40,7 +40,9 @@ def copy_sources(out: Path, data: Path) -> None:
     from unclip.data.shards import iter_shard
 
     missing = {key: name for name, key in SOURCES.items() if not (out / name).exists()}
-    for shard in (s["file"] for s in load_manifest(data)["shards"] if missing):
+    if not missing:
+        return
+    for shard in (s["file"] for s in load_manifest(data)["shards"]):
         for key, png, meta in iter_shard(data / shard):
             if key in missing and meta["split"] == "heldout_images":
                 Image.open(io.BytesIO(png)).convert("RGB").save(out / missing.pop(key))

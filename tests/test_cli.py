@@ -123,12 +123,15 @@ def test_vary_invert_interpolate_edit_from_the_cli(tiny_model_dir, tmp_path):
     assert main(["vary", str(src), "--num-images", "2", "--out", str(tmp_path / "v.png"), *common]) == 0
     params = json.loads(Image.open(tmp_path / "v.png").text["parameters"])
     assert params["decoder_guidance_scale"] == unclip.load(tiny_model_dir).default_decoder_guidance()  # not null
+    assert main(["vary", str(src), "--num-images", "1", "--inversion", "--out", str(tmp_path / "vi.png"), *common]) == 0
+    assert json.loads(Image.open(tmp_path / "vi.png").text["parameters"])["decoder_guidance_scale"] == 1.0
     assert main(["invert", str(src), "--out", str(tmp_path / "i.png"), *common]) == 0
     from safetensors.torch import load_file
 
     saved = load_file(tmp_path / "i.safetensors")
     assert saved["latents"].shape == (1, 3, 16, 16) and saved["image_embeds"].shape == (1, 384)
-    assert "psnr" in json.loads(Image.open(tmp_path / "i.png").text["parameters"])
+    inverted = json.loads(Image.open(tmp_path / "i.png").text["parameters"])
+    assert "psnr" in inverted and inverted["decoder_guidance_scale"] == 1.0
     assert main(["interpolate", str(src), str(src), "--frames", "3", "--out", str(tmp_path / "n.png"), *common]) == 0
     for ext in ("gif", "webp"):  # animations, there and back: 3 + 1 frames
         assert Image.open(tmp_path / f"n.{ext}").n_frames == 4

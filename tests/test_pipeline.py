@@ -183,14 +183,23 @@ def test_precision_autocasts_the_denoisers_and_fp32_restores_them(pipe):
     eps16 = pipe.decoder(x, t, z, text.text_embed, text.hidden_states, text.mask)
     assert eps16.dtype == torch.float32  # back in fp32 for the sampler's arithmetic
     assert 0 < float((eps16 - eps32).abs().max()) < 0.1 * float(eps32.abs().max())
-    assert pipe.prior.forward.__func__ is pipe.decoder.forward.__func__  # every denoiser, not only the decoder
+    for stage in (pipe.prior, pipe.decoder, pipe.upsampler):  # every denoiser, not only the decoder
+        assert "forward" in vars(stage) and stage._autocast_dtype is torch.bfloat16
+    if pipe.ar_prior is not None:  # it samples through generate, not forward
+        assert "generate" in vars(pipe.ar_prior)
     pipe.set_precision("fp32")
     torch.testing.assert_close(pipe.decoder.sample(z, text, empty, **{**kw, "generator": _gen(1)}), fp32, rtol=0, atol=0)
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
         pipe.set_precision("int8")
 
 
-def test_decoder_start_noise_can_be_given(pipe):
+@pytest.mark.parametrize("dc_mean", [None, (0.8, 0.7, 0.5)])
+def test_decoder_start_noise_can_be_given(pipe, dc_mean):
+    """A given N(0, I) draw goes through the same start as a drawn one: plain, or the mean start."""
+    import copy
+
+    pipe = copy.deepcopy(pipe)
+    pipe.decoder.config.dc_mean = dc_mean
     z = pipe.encode_image(_emoji())
     text, empty = pipe.encode_prompt([""])
     s = pipe.decoder.config.sample_size
@@ -198,6 +207,13 @@ def test_decoder_start_noise_can_be_given(pipe):
     drawn = pipe.decoder.sample(z, text, empty, generator=_gen(5), **kw)
     given = pipe.decoder.sample(z, text, empty, noise=torch.randn(1, 3, s, s, generator=_gen(5)), **kw)
     torch.testing.assert_close(given, drawn)
+    sched = __import__("unclip.sampling", fromlist=["make_scheduler"]).make_scheduler("ddim", "epsilon", 1.0)
+    x, strength = pipe.decoder.start(1, sched, 3, noise=torch.randn(1, 3, s, s, generator=_gen(5)))
+    if dc_mean is None:
+        assert strength == 1.0
+    else:  # t = 999 skipped, the start centred on the data's mean colour
+        assert strength < 1.0 and x.mean((2, 3)).flatten().tolist() == pytest.approx(
+            [v * float(sched.alphas_cumprod[int(sched.timesteps[1])]) ** 0.5 for v in dc_mean], abs=1e-6)
     with pytest.raises(ValueError, match="noise must have shape"):
         pipe.decoder.sample(z, text, empty, noise=torch.randn(2, 3, s, s), **kw)
 
@@ -262,7 +278,7 @@ def test_pca_fit_project_and_probe(tiny_model_dir, tmp_path):
     pipe = unclip.load(model)
     out = pipe.pca_reconstructions(_emoji(), (1, 384), decoder_steps=3, upsample=False, generator=_gen(), output_type="pt")
     assert out.images.shape == (2, 3, 16, 16)
-    full = pipe.from_embeds(pipe.encode_image(_emoji()), latents=torch.randn(1, 3, 16, 16, generator=_gen()),
+    full = pipe.from_embeds(pipe.encode_image(_emoji()), noise=torch.randn(1, 3, 16, 16, generator=_gen()),
                             decoder_steps=3, sampler="ddim", upsample=False, output_type="pt")
     torch.testing.assert_close(out.images[1:], full.images, atol=1e-4, rtol=0)  # k = D decodes z_i itself
 

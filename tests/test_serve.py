@@ -87,7 +87,10 @@ def test_variations_interpolate_and_edit_jobs(server):
     assert _wait(server, httpx.post(server + "/v1/interpolate", files=two, data={"frames": "2", "decoder_steps": "2"}).json())["status"] == "done"
     e = httpx.post(server + "/v1/edit", files=files, data={"from_text": "rocket", "to_text": "red rocket",
                                                           "thetas": "0,0.5", "decoder_steps": "2"})
-    assert len(_wait(server, e.json())["images"]) == 2
+    done = _wait(server, e.json())
+    assert len(done["images"]) == 2
+    params = httpx.get(f"{server}/v1/jobs/{done['id']}/result").json()["parameters"]
+    assert params["decoder_guidance_scale"] == 1.0 and params["precision"] == "fp32"  # an inversion's own guidance
 
 
 def test_automatic1111_txt2img_progress_and_samplers(server):

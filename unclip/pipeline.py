@@ -55,16 +55,19 @@ class UnCLIPPipeline:
             fast_resnets(unet, enabled)
         return self
 
-    def set_precision(self, precision: str = "bf16") -> "UnCLIPPipeline":
-        """"fp32" (the default), "bf16" or "fp16": autocast around the prior, decoder and upsampler
-        (`unclip.precision`). bf16 takes ~0.56x the time of fp32 on a CPU with AMX, with images within
-        ~1% of the fp32 ones on average; fp16 is for GPUs."""
+    def set_precision(self, precision: str) -> "UnCLIPPipeline":
+        """"fp32" (a new pipeline's), "bf16" or "fp16": autocast around the priors, decoder and
+        upsampler (`unclip.precision`). bf16 takes ~0.56x the time of fp32 on a CPU with AMX, with
+        images within ~1% of the fp32 ones on average; fp16 is for GPUs. Inversion runs under it too,
+        so its round trips are no longer exact (see `invert`)."""
         from unclip.precision import autocast_forward, check_precision
 
         check_precision(precision)
-        for stage in (self.prior, self.decoder, self.upsampler, self.ar_prior):
+        for stage in (self.prior, self.decoder, self.upsampler):
             if stage is not None:
                 autocast_forward(stage, precision)
+        if self.ar_prior is not None:  # it samples through its own loop, not its forward
+            autocast_forward(self.ar_prior, precision, method="generate")
         self.precision = precision
         return self
 
@@ -181,7 +184,8 @@ class UnCLIPPipeline:
     @torch.no_grad()
     def invert(self, image, caption: str = "", *, steps: int = 25, guidance_scale: float = 1.0,
                fixed_point_iters: int = 0, image_embeds: torch.Tensor | None = None):
-        """An image -> (z_i, x_T): DDIM (η = 0) from that pair redraws the image (see Decoder.invert)."""
+        """An image -> (z_i, x_T): DDIM (η = 0) from that pair, at the same guidance, redraws the image
+        (see Decoder.invert; exactly with fixed-point iterations, in fp32 only)."""
         x = pil_to_tensor(image, self.decoder.config.sample_size)
         z_i = image_embeds if image_embeds is not None else self.encode_image(image)
         text, empty = self.encode_prompt([caption] * len(x))
@@ -262,7 +266,8 @@ class UnCLIPPipeline:
     def pca_reconstructions(self, image, ks=(1, 2, 4, 8, 16, 32, 64), *, decoder_steps: int = 25,
                             generator: torch.Generator | None = None, **kwargs) -> UnCLIPOutput:
         """Decode an image's z_i kept to its first k principal components, one image per k, all from
-        the same x_T (DDIM, η = 0): which attributes the first components already carry."""
+        the same start noise (DDIM, η = 0; shaped by the decoder's start as in `__call__`): which
+        attributes the first components already carry."""
         from unclip.pca import project
 
         if self.pca is None:
@@ -270,8 +275,8 @@ class UnCLIPPipeline:
         z_i = self.encode_image(image)
         z = torch.cat([project(z_i, self.pca, k) for k in ks])
         s = self.decoder.config.sample_size
-        x_T = torch.randn(1, 3, s, s, generator=generator).repeat(len(ks), 1, 1, 1)
-        return self.from_embeds(z, latents=x_T, decoder_steps=decoder_steps, sampler="ddim", generator=generator,
+        noise = torch.randn(1, 3, s, s, generator=generator).repeat(len(ks), 1, 1, 1)
+        return self.from_embeds(z, noise=noise, decoder_steps=decoder_steps, sampler="ddim", generator=generator,
                                 **kwargs)
 
     # -- text to image ------------------------------------------------------------------------

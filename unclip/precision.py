@@ -22,19 +22,23 @@ def check_precision(precision: str) -> torch.dtype | None:
     return PRECISIONS[precision]
 
 
-def _forward(self, *args, **kwargs):
-    device = next(self.parameters()).device.type
-    with torch.autocast(device, dtype=self._autocast_dtype):
-        out = type(self).forward(self, *args, **kwargs)
-    return out.float()
+def _autocast(method: str):
+    def run(self, *args, **kwargs):
+        device = next(self.parameters()).device.type
+        with torch.autocast(device, dtype=self._autocast_dtype):
+            out = getattr(type(self), method)(self, *args, **kwargs)
+        return out.float()
+
+    return run
 
 
-def autocast_forward(module: torch.nn.Module, precision: str) -> None:
-    """Bind (fp32: unbind) a forward that runs `module` under autocast at `precision` and returns fp32."""
+def autocast_forward(module: torch.nn.Module, precision: str, method: str = "forward") -> None:
+    """Bind (fp32: unbind) a `method` (default: forward) that runs `module` under autocast at
+    `precision` and returns its tensor in fp32."""
     dtype = check_precision(precision)
     if dtype is None:
-        module.__dict__.pop("forward", None)
+        module.__dict__.pop(method, None)
         module.__dict__.pop("_autocast_dtype", None)
         return
     module._autocast_dtype = dtype
-    module.forward = types.MethodType(_forward, module)
+    setattr(module, method, types.MethodType(_autocast(method), module))

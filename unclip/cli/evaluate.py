@@ -96,7 +96,7 @@ def _eval(a) -> int:
     r = evaluate(pipe, load_clip_dir(judge_dir), a.data, n=a.n, diversity_prompts=a.diversity_prompts,
                  diversity_samples=a.diversity_samples, seed=a.seed, generate_kwargs=kw, reconstructions=a.reconstructions)
     r = strip(r)
-    r["model"], r["judge"], r["precision"] = str(model), str(judge_dir), a.precision
+    r["model"], r["judge"], r["inference_precision"] = str(model), str(judge_dir), a.precision
     if loras:
         r["lora"] = loras
     if a.json:
@@ -159,7 +159,8 @@ def _bench_generate(a) -> int:
     else:
         for row in r["samplers"]:
             print(f"{row['sampler']:>6} {row['precision']} {row['prior_steps']:>3}/{row['decoder_steps']:>3}/{row['upsampler_steps']:>2} steps  "
-                  f"{row['seconds']:7.2f} s  {row['seconds_per_image']:6.2f} s/image  ×{row['time_vs_ddpm']} of ddpm")
+                  f"{row['seconds']:7.2f} s  {row['seconds_per_image']:6.2f} s/image"
+                  + (f"  ×{row['time_vs_ddpm']} of ddpm fp32" if row["time_vs_ddpm"] is not None else ""))
         print(f"peak RSS {r['peak_rss_mb']} MB, {r['threads']} threads")
         d = r["vs_diffusers"]
         if d:

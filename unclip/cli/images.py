@@ -174,18 +174,19 @@ def _invert(a) -> int:
     from unclip.pipeline import pil_to_tensor
     from unclip.weights import save_safetensors
 
-    pipe, model = load_pipe(a)
+    pipe, model = load_pipe(a, inverted=True)
     image = open_image(a.image)
-    z_i, x_T = pipe.invert(image, a.caption, steps=a.decoder_steps, fixed_point_iters=a.fixed_point_iters)
+    z_i, x_T = pipe.invert(image, a.caption, steps=a.decoder_steps, guidance_scale=a.decoder_guidance,
+                           fixed_point_iters=a.fixed_point_iters)
     latents = Path(a.out).with_suffix(".safetensors")
     save_safetensors({"image_embeds": z_i, "latents": x_T}, latents, {"steps": str(a.decoder_steps)})
-    back = pipe.from_embeds(z_i, a.caption, latents=x_T, decoder_steps=a.decoder_steps, decoder_guidance_scale=1.0,
+    back = pipe.from_embeds(z_i, a.caption, latents=x_T, decoder_steps=a.decoder_steps, decoder_guidance_scale=a.decoder_guidance,
                             upsample=False, output_type="pt").images  # (1, 3, S, S) in [0, 1]
     target = pil_to_tensor(image, back.shape[-1]) * 0.5 + 0.5
     psnr = float(10 * torch.log10(1 / ((back - target) ** 2).mean()))
     save_grid(to_output(torch.cat([target, back]) * 2 - 1, "pil"), a,
           common_params(a, model, task="invert", image=str(a.image), psnr=round(psnr, 2)))
-    print(f"x_T and z_i in {latents}; reconstruction PSNR {psnr:.2f} dB at guidance 1")
+    print(f"x_T and z_i in {latents}; reconstruction PSNR {psnr:.2f} dB at guidance {a.decoder_guidance:g}")
     return 0
 
 

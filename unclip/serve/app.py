@@ -235,6 +235,7 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
             _fail("image_a", "give two images (image_a, image_b) or two prompts (prompt_a, prompt_b)")
         seed = seed_of(seed)
         params = common(seed, task="interpolate", frames=frames, decoder_steps=decoder_steps,
+                        decoder_guidance_scale=decoder_guidance_scale,
                         **({"prompt_a": a, "prompt_b": b} if isinstance(a, str) else {}))
         run = lambda p: p.interpolate(a, b, frames, decoder_steps=decoder_steps,  # noqa: E731
                                       decoder_guidance_scale=decoder_guidance_scale,
@@ -259,7 +260,8 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         if not 1 <= len(ts) <= limits.max_frames or not all(0 <= t <= 1 for t in ts):
             _fail("thetas", f"1 to {limits.max_frames} numbers between 0 and 1")
         im, seed = await read_image("image", image), seed_of(seed)
-        params = common(seed, task="text_diff", **{"from": from_text, "to": to_text}, thetas=ts, decoder_steps=decoder_steps)
+        params = common(seed, task="text_diff", **{"from": from_text, "to": to_text}, thetas=ts, decoder_steps=decoder_steps,
+                        decoder_guidance_scale=decoder_guidance_scale)
         run = lambda p: p.text_diff(im, from_text, to_text, ts, decoder_steps=decoder_steps,  # noqa: E731
                                     decoder_guidance_scale=decoder_guidance_scale,
                                     generator=torch.Generator().manual_seed(seed)).images
