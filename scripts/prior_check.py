@@ -3,7 +3,7 @@
     .venv/bin/python scripts/prior_check.py [--model DIR] [--prior RUN/model] [--n 200] [--json]
 
 For `n` held-out images per split (a seeded choice, one seeded caption each), the prior samples z_i
-from the caption (DDPM 25 steps, guidance 4, best of 2: the pipeline's defaults) and is scored
+from the caption (DDPM 25 steps, guidance 4, best of 2: the pipeline's defaults; --guidance, --best-of) and is scored
 against the image's own z_i (cosine), and by the nearest concept name among all concepts under the
 model's CLIP stage (top-1/top-5; the real z_i's own retrieval is the reference). `--prior` swaps
 in another prior export (a training run's model/ directory) with the model's CLIP stage. Cheap: a
@@ -34,6 +34,8 @@ def main() -> int:
     p.add_argument("--data", type=Path, default=default_data_dir())
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=4.0, help="prior guidance (the pipeline's default: 4)")
+    p.add_argument("--best-of", type=int, default=2, help="prior samples per caption (the pipeline's default: 2)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
@@ -54,7 +56,8 @@ def main() -> int:
         top = (z @ names.T).topk(5, dim=1).indices
         return float((top[:, :1] == target[:, None]).any(1).float().mean()), float((top == target[:, None]).any(1).float().mean())
 
-    out = {"model": str(a.model), "prior": str(a.prior or a.model / "prior"), "n": a.n, "splits": {}}
+    out = {"model": str(a.model), "prior": str(a.prior or a.model / "prior"), "n": a.n, "guidance": a.guidance,
+           "best_of": a.best_of, "splits": {}}
     for split in ("heldout_images", "heldout_concepts"):
         images, idx = image_pack(a.data, split)
         rng = random.Random(a.seed)
@@ -65,7 +68,8 @@ def main() -> int:
         with torch.no_grad():
             real = pipe.clip.encode_image(uint8_to_tensor(np.asarray(images[rows])))  # (n, D)
             text, empty = pipe.encode_prompt(captions)
-            z = pipe.sample_image_embeds(text, empty, generator=torch.Generator().manual_seed(a.seed))
+            z = pipe.sample_image_embeds(text, empty, guidance_scale=a.guidance, best_of=a.best_of,
+                                         generator=torch.Generator().manual_seed(a.seed))
         (t1, t5), (r1, r5) = hits(z, target), hits(real, target)
         out["splits"][split] = {"cosine_to_real": round(float((z * real).sum(1).mean()), 4), "top1": t1, "top5": t5,
                                 "real_top1": r1, "real_top5": r5, "candidates": len(concepts)}
