@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from unclip.cli.common import (add_precision, apply_loras, check_prompt, common_params, image_or_prompt, load_pipe,
-                               model_dir, open_image, save_grid)
+                               open_image, save_grid)
 
 
 def register(sub) -> None:
@@ -101,13 +101,9 @@ def _generate(a) -> int:
 
     from unclip.images import grid, save_png
     from unclip.models import model_hash
-    from unclip.pipeline import UnCLIPPipeline
 
-    model = model_dir(a)
     check_prompt(a.prompt)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    pipe = UnCLIPPipeline.from_pretrained(model).set_precision(a.precision)
+    pipe, model = load_pipe(a)
     loras = apply_loras(pipe, a.lora)
     from unclip.sampling import DEFAULT_STEPS
 
@@ -116,7 +112,7 @@ def _generate(a) -> int:
              (("prior", a.prior_steps), ("decoder", a.decoder_steps), ("upsampler", a.upsampler_steps))}
     params = {"prompt": a.prompt, "seed": a.seed, "num_images": a.num_images, "prior": a.prior, **steps,
               "prior_guidance_scale": a.prior_guidance,
-              "decoder_guidance_scale": pipe.default_decoder_guidance(a.decoder_guidance),
+              "decoder_guidance_scale": a.decoder_guidance,
               "sampler": a.sampler, "eta": a.eta, "best_of": a.best_of, "precision": a.precision,
               "model": str(model), "model_hash": model_hash(model),
               "upsampler_strength": a.upsampler_strength if a.upsampler_strength is not None else

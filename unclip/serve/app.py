@@ -222,10 +222,10 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
 
         check_int("frames", frames, 2, limits.max_frames)
         check_int("decoder_steps", decoder_steps, 1, limits.max_steps)
-        decoder_guidance_scale = pipe.default_decoder_guidance(decoder_guidance_scale, inverted=image_a is not None
-                                                               and image_b is not None)  # None: the model's own
+        two_images = image_a is not None and image_b is not None
+        decoder_guidance_scale = pipe.default_decoder_guidance(decoder_guidance_scale, inverted=two_images)
         check_float("decoder_guidance_scale", decoder_guidance_scale, 0, 100)
-        if image_a is not None and image_b is not None:
+        if two_images:
             a, b = await read_image("image_a", image_a), await read_image("image_b", image_b)
             total = 3 * decoder_steps
         elif prompt_a is not None and prompt_b is not None:
