@@ -175,3 +175,38 @@ def test_reconstruction_scores_an_exact_decoder_perfectly_and_a_blind_one_by_cha
     assert r["images"] == min(4, len(images)) and r["top1"] == 1.0 and abs(r["cosine"] - 1) < 1e-5
     blank = reconstruction(view, built_dataset, 4, 0, lambda z, caps, g: torch.ones(len(z), 3, 64, 64), clip)
     assert blank["cosine"] < 1 and blank["top1"] <= 0.5  # the same picture for all: one source at best
+
+
+def test_the_oracle_prior_decodes_each_prompts_own_image_embedding(tiny_model_dir, built_dataset, tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    import unclip
+    from unclip.cli import main
+    from unclip.clip import CLIPConfig, LockedTextCLIP
+    from unclip.clip_task import uint8_to_tensor
+    from unclip.embed import image_pack
+    from unclip.evaluate import own_embeds_generate
+
+    pipe = unclip.load(tiny_model_dir)
+    images, idx = image_pack(built_dataset, "heldout_concepts")
+    k = len(images) - 1
+    caption = idx["captions"][idx["caption_offsets"][k]]
+    generate = own_embeds_generate(pipe, built_dataset, decoder_steps=2, upsample=False)
+    got = generate([caption], torch.Generator().manual_seed(3))
+    z_i = pipe.clip.encode_image(uint8_to_tensor(np.asarray(images[k:k + 1])))
+    want = pipe.from_embeds(z_i, caption, decoder_steps=2, upsample=False, generator=torch.Generator().manual_seed(3),
+                            output_type="pt").images * 2 - 1
+    assert got.shape == (1, 3, 16, 16) and torch.equal(got, want)
+    with pytest.raises(ValueError, match="no held-out image has the caption 'a caption of nothing'"):
+        generate(["a caption of nothing"], None)
+
+    torch.manual_seed(0)
+    LockedTextCLIP(CLIPConfig(image_tower="convnext", image_size=16, depths=(1, 1), hidden_sizes=(8, 16),
+                              embed_dim=32)).save(tmp_path / "judge")
+    assert main(["eval", "--model", str(tiny_model_dir), "--judge", str(tmp_path / "judge"), "--data", str(built_dataset),
+                 "--n", "2", "--prior", "image", "--decoder-steps", "2", "--no-upsample", "--reconstructions", "0",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["prior"] == "image" and "diversity" not in r and set(r["splits"]) == {"heldout_images", "heldout_concepts"}

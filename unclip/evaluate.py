@@ -175,12 +175,7 @@ def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, d
     if diversity_prompts:
         report["diversity"] = diversity(view, data, diversity_prompts, diversity_samples, seed, generate)
     if reconstructions:
-        from unclip.sampling import DEFAULT_STEPS
-
-        steps = DEFAULT_STEPS[kw.get("sampler", "ddim")]  # as the pipeline's call: the sampler's own steps
-        dec = {"decoder_steps": steps["decoder"], "upsampler_steps": steps["upsampler"],
-               **{k: kw[k] for k in ("decoder_steps", "upsampler_steps", "decoder_guidance_scale", "sampler", "upsample")
-                  if k in kw}}
+        dec = decode_kwargs(kw)
         report["reconstruction"] = reconstruction(
             view, data, reconstructions, seed, lambda z, caps, g: pipe.from_embeds(
                 z, caps, generator=g, output_type="pt", **dec).images * 2 - 1, pipe.clip)
@@ -208,6 +203,44 @@ def reconstruction(view: JudgeView, data: Path, n: int, seed: int, decode, clip,
     top = sim.topk(min(5, len(pick)), dim=1).indices
     return {"images": len(pick), "cosine": float(sim.diag().mean()),
             "top1": float((top[:, 0] == target).float().mean()), "top5": float((top == target[:, None]).any(1).float().mean())}
+
+
+def decode_kwargs(kw: dict) -> dict:
+    """The decoding part of a pipeline call's kwargs for `from_embeds`, with the sampler's own default
+    steps as the pipeline's call takes them."""
+    from unclip.sampling import DEFAULT_STEPS
+
+    steps = DEFAULT_STEPS[kw.get("sampler", "ddim")]
+    return {"decoder_steps": steps["decoder"], "upsampler_steps": steps["upsampler"],
+            **{k: kw[k] for k in ("decoder_steps", "upsampler_steps", "decoder_guidance_scale", "sampler", "upsample")
+               if k in kw}}
+
+
+def own_embeds_generate(pipe, data: Path, splits=SPLITS, **kw):
+    """An oracle prior, for the conditioning ablation: `generate(prompts, generator)` for `evaluate`
+    that decodes each prompt's own held-out image's z_i (the CLIP stage's) with that caption. What the
+    decoder draws from a perfect z_i bounds what any prior can reach. `kw`: the pipeline call's kwargs
+    (its decoding part is used, see `decode_kwargs`)."""
+    dec = decode_kwargs(kw)
+    from unclip.clip_task import uint8_to_tensor
+    from unclip.embed import image_pack
+
+    packs = [image_pack(data, s) for s in splits]
+    source = {}  # first caption -> (images, row): the caption evaluate() prompts with
+    for images, idx in packs:
+        for i, off in enumerate(idx["caption_offsets"][:-1]):
+            source.setdefault(idx["captions"][off], (images, i))
+
+    @torch.no_grad()
+    def generate(prompts: list[str], generator) -> torch.Tensor:
+        missing = [p for p in prompts if p not in source]
+        if missing:
+            raise ValueError(f"no held-out image has the caption {missing[0]!r}")
+        real = uint8_to_tensor(np.stack([np.asarray(source[p][0][source[p][1]]) for p in prompts]))
+        z_i = pipe.clip.encode_image(real)  # (B, d)
+        return pipe.from_embeds(z_i, prompts, generator=generator, output_type="pt", **dec).images * 2 - 1
+
+    return generate
 
 
 def strip(report: dict) -> dict:

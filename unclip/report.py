@@ -2,7 +2,8 @@
 
 Sections (each an `evaluate` run under the judge, same prompts and seeds):
 - headline: the default pipeline on both held-out splits;
-- conditioning: the decoder given the prior's z_i vs z_t used as z_i vs no z_i (caption only);
+- conditioning: the decoder given the prior's z_i vs z_t used as z_i vs no z_i (caption only), and the
+  image's own z_i (an oracle prior: the bound a perfect prior reaches; not in the paper);
 - guidance: quality and diversity vs decoder guidance scale, unCLIP vs the same decoder conditioned
   on the caption only (GLIDE-like; not a separately trained GLIDE: this CPU affords one decoder);
 - priors: diffusion vs autoregressive prior (when the model has one), quality and seconds per image;
@@ -53,7 +54,7 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
     """upsample=False judges (and times) the decoder's images: the judge sees 64 px either way.
     compare_diffusers: the samplers section also runs diffusers' UnCLIPPipeline (its defaults, DDPM
     25/25/7, always upsampled) on this model's weights exported to its layout."""
-    from unclip.evaluate import evaluate, judge_view, strip
+    from unclip.evaluate import evaluate, judge_view, own_embeds_generate, strip
 
     view = judge_view(judge, data)
     out = Path(out)
@@ -88,6 +89,8 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
         log("conditioning")
         rows = [_row(name, ev(name, prior=prior, div=0), split)
                 for name, prior in (("caption only (no z_i)", "none"), ("z_t as z_i", "text"), ("prior z_i (unCLIP)", "diffusion"))]
+        oracle = own_embeds_generate(pipe, data, upsample=upsample)  # not the paper's: the bound a perfect prior reaches
+        rows.append(_row("the image's own z_i (oracle prior)", ev("oracle", div=0, generate=oracle), split))
         results["sections"]["conditioning"] = rows
     if "guidance" in sections:
         log("guidance")

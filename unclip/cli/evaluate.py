@@ -29,6 +29,9 @@ def register(sub) -> None:
     ev.add_argument("--decoder-steps", type=int)
     ev.add_argument("--upsampler-steps", type=int)
     ev.add_argument("--no-upsample", action="store_true", help="judge the decoder's images (the judge sees 64 px anyway)")
+    ev.add_argument("--prior", choices=("diffusion", "ar", "text", "none", "image"), default="diffusion",
+                    help="where z_i comes from: a prior, the caption's z_t, none (caption only), or image: each held-out "
+                         "image's own z_i (an oracle prior: what the decoder reaches from a perfect z_i; no diversity)")
     ev.add_argument("--prior-guidance", type=float, help="default: the pipeline's (4)")
     ev.add_argument("--decoder-guidance", type=float, help="default: the model's (its decoder config), else 8")
     ev.add_argument("--reconstructions", type=int, default=16,
@@ -93,10 +96,18 @@ def _eval(a) -> int:
     for k in ("prior_guidance", "decoder_guidance"):
         if getattr(a, k) is not None:
             kw[k + "_scale"] = getattr(a, k)
-    r = evaluate(pipe, load_clip_dir(judge_dir), a.data, n=a.n, diversity_prompts=a.diversity_prompts,
-                 diversity_samples=a.diversity_samples, seed=a.seed, generate_kwargs=kw, reconstructions=a.reconstructions)
+    generate, diversity_prompts = None, a.diversity_prompts
+    if a.prior == "image":
+        from unclip.evaluate import own_embeds_generate
+
+        generate, diversity_prompts = own_embeds_generate(pipe, a.data, **kw), 0
+    elif a.prior != "diffusion":
+        kw["prior"] = a.prior
+    r = evaluate(pipe, load_clip_dir(judge_dir), a.data, n=a.n, diversity_prompts=diversity_prompts,
+                 diversity_samples=a.diversity_samples, seed=a.seed, generate_kwargs=kw, reconstructions=a.reconstructions,
+                 generate=generate)
     r = strip(r)
-    r["model"], r["judge"], r["inference_precision"] = str(model), str(judge_dir), a.precision
+    r["model"], r["judge"], r["inference_precision"], r["prior"] = str(model), str(judge_dir), a.precision, a.prior
     if loras:
         r["lora"] = loras
     if a.json:
@@ -106,8 +117,9 @@ def _eval(a) -> int:
         print(f"{split:<17} FD {m['fd']:.3f} [{m['fd_ci95'][0]:.3f}, {m['fd_ci95'][1]:.3f}]  precision {m['precision']:.3f}  "
               f"recall {m['recall']:.3f}  CLIP score {m['clip_score']:.3f} (real {m['clip_score_real']:.3f})  "
               f"top-1 {m['top1']:.3f} / top-5 {m['top5']:.3f} (real {m['top1_real']:.3f} / {m['top5_real']:.3f})")
-    d = r["diversity"]
-    print(f"diversity (1 - cos within a prompt): generated {d['generated']:.3f}, real within a concept {d['real']:.3f}")
+    d = r.get("diversity")
+    if d:
+            print(f"diversity (1 - cos within a prompt): generated {d['generated']:.3f}, real within a concept {d['real']:.3f}")
     if "reconstruction" in r:
         m = r["reconstruction"]
         print(f"decoder from the images' own z_i ({m['images']} held-out images): judge cosine to the source {m['cosine']:.3f}, "
