@@ -210,3 +210,47 @@ def test_the_oracle_prior_decodes_each_prompts_own_image_embedding(tiny_model_di
                  "--json"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["prior"] == "image" and "diversity" not in r and set(r["splits"]) == {"heldout_images", "heldout_concepts"}
+
+
+def _claim_row(setting, fd, clip, **kw):
+    return {"setting": setting, "fd": fd, "fd_lo": fd - 10, "fd_hi": fd + 10, "clip_score": clip, "top5": 0.0,
+            "seconds_per_image": 1.0, "tiling": 0.2, **kw}
+
+
+def test_claim_verdicts_follow_the_numbers_both_ways():
+    from unclip.claims import verdicts
+    from unclip.report import render_markdown
+
+    good = {"conditioning": [_claim_row("caption only (no z_i)", 300, 0.20), _claim_row("z_t as z_i", 290, 0.25),
+                             _claim_row("prior z_i (unCLIP)", 250, 0.30),
+                             _claim_row("the image's own z_i (oracle prior)", 240, 0.31, top5=0.125)],
+            "priors": [_claim_row("diffusion prior", 280, 0.30), _claim_row("autoregressive prior", 285, 0.35)],
+            "clip_guided": [_claim_row("CLIP-guided (caption-conditioned decoder)", 400, 0.1, tiling=0.4),
+                            _claim_row("unCLIP", 250, 0.3)],
+            "samplers": [{"sampler": "dpm++", "steps": "6/12/2", "fd": 305, "fd_lo": 280, "fd_hi": 310,
+                          "seconds_per_image": 0.5},
+                         {"sampler": "diffusers UnCLIPPipeline (ddpm)", "steps": "25/25/7", "fd": 300, "fd_lo": 290,
+                          "fd_hi": 320, "seconds_per_image": 2.0}],
+            "guidance": [{"decoder_guidance": g, "setting": name, "diversity": d} for g, name, d in
+                         ((1.0, "unCLIP", 0.1), (1.0, "caption-only decoder", 0.9), (3.0, "unCLIP", 0.6),
+                          (3.0, "caption-only decoder", 0.5), (8.0, "unCLIP", 0.5), (8.0, "caption-only decoder", 0.4))]}
+    lines = verdicts(good)
+    assert len(lines) == 5
+    cond, guid, prior, samp, guided = lines
+    assert "is the best conditioning** (paper): holds" in cond and "top-5 12.5% (prior: 0.0%)" in cond
+    assert "overlap" not in cond  # [240, 260] vs [280, 300]: separated
+    assert ": holds" in guid and "guidance 1" not in guid  # guidance 1 is no guidance: not part of the claim
+    assert ": mixed" in prior and "overlap" in prior  # lower FD, lower CLIP score; 280±10 vs 285±10
+    assert ": holds" in samp and "4.0× less time" in samp  # 305 inside diffusers' [290, 320], 2.0 / 0.5 s
+    assert ": holds" in guided and "show more repeated motifs" in guided
+
+    bad = {**good, "samplers": [{**good["samplers"][0], "fd": 330}, good["samplers"][1]],
+           "clip_guided": [_claim_row("CLIP-guided (caption-conditioned decoder)", 200, 0.4, tiling=0.1),
+                           _claim_row("unCLIP", 250, 0.3)],
+           "guidance": [{**r, "diversity": 1 - r["diversity"]} for r in good["guidance"]]}
+    _, guid, _, samp, guided = verdicts(bad)
+    assert ": does not hold" in guid and ": mixed" in samp  # 4× faster, but FD 330 > 320
+    assert ": does not hold" in guided and "show fewer repeated motifs" in guided
+    md = render_markdown({"model": "m", "n": 16, "seed": 0, "sections": {"priors": good["priors"]}})
+    assert "## The paper's claims at this scale" in md and "autoregressive prior** (paper: better" in md
+    assert "claims at this scale" not in render_markdown({"model": "m", "n": 16, "seed": 0, "sections": {}})

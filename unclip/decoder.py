@@ -145,6 +145,11 @@ class Decoder(nn.Module):
         x = sample(denoise, x, sched, steps, generator, eta=eta, desc=progress, keep_channels=3, strength=strength)
         return x.clamp(-1, 1)
 
+    def shared_noise(self, b: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One N(0, I) draw repeated b times (B, 3, S, S): the `noise` of frames that share a layout."""
+        s = self.config.sample_size
+        return torch.randn(1, 3, s, s, generator=generator).expand(b, -1, -1, -1).clone()
+
     def start(self, b: int, sched, steps: int, generator=None, min_alpha_bar: float = 1e-4, noise=None):
         """x_T (B, 3, S, S) and the share of the `steps` timesteps to run from it.
 

@@ -238,9 +238,8 @@ class UnCLIPPipeline:
             gen = kwargs.get("generator")
             z = self.sample_image_embeds(text, empty, generator=gen)
             z_a, z_b, x_a, x_b = z[:1], z[1:], None, None
-            s = self.decoder.config.sample_size
             # one shared start noise keeps the layout steady along the path (shaped by the decoder's start)
-            noise = torch.randn(1, 3, s, s, generator=gen).repeat(frames, 1, 1, 1) if invert else None
+            noise = self.decoder.shared_noise(frames, gen) if invert else None
         else:
             (z_a, x_a), (z_b, x_b) = ((self.invert(im, steps=decoder_steps) if invert else (self.encode_image(im), None))
                                       for im in (a, b))
@@ -274,9 +273,7 @@ class UnCLIPPipeline:
             raise ValueError(f"model {self.name!r} has no clip_pca.safetensors; write it with `unclip pca --model DIR`")
         z_i = self.encode_image(image)
         z = torch.cat([project(z_i, self.pca, k) for k in ks])
-        s = self.decoder.config.sample_size
-        noise = torch.randn(1, 3, s, s, generator=generator).repeat(len(ks), 1, 1, 1)
-        return self.from_embeds(z, noise=noise, decoder_steps=decoder_steps, sampler="ddim", generator=generator,
+        return self.from_embeds(z, noise=self.decoder.shared_noise(len(ks), generator), decoder_steps=decoder_steps, sampler="ddim", generator=generator,
                                 **kwargs)
 
     # -- text to image ------------------------------------------------------------------------
