@@ -300,3 +300,41 @@ def test_held_out_batches_repeat_a_small_split_and_refuse_an_empty_one(built_dat
     cond.images = cond.images[:0]
     with pytest.raises(ValueError, match="no images in the heldout_images split"):
         cond.fixed_batch(4)
+
+
+def test_fixed_width_captions_leave_the_decoder_loss_unchanged(built_dataset, tiny_clip_dir):
+    """Static shapes for torch.compile pad every batch's tokens to the split's longest caption; the
+    padding is masked, so the loss is the one of the batch padded to its own longest caption."""
+    from unclip.decoder import DecoderTask
+    from unclip.train import sample_generator
+
+    task = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir))
+    gens = lambda: [sample_generator(0, 0, i) for i in range(3)]  # noqa: E731
+    loose = task.batch([0, 1, 2], gens(), "cpu")
+    task.static_shapes()
+    fixed = task.batch([0, 1, 2], gens(), "cpu")
+    assert fixed["text_hidden"].shape[1] == task.cond.longest() > loose["text_hidden"].shape[1] - 1
+    assert torch.equal(fixed["text_hidden"][:, :loose["text_hidden"].shape[1]], loose["text_hidden"])
+    with torch.no_grad():
+        (a, _), (b, _) = task.loss(task.model, loose), task.loss(task.model, fixed)
+    assert float(a) == pytest.approx(float(b), rel=1e-5)
+
+
+def test_compiled_training_keeps_the_eager_state_dict(built_dataset, tiny_clip_dir, tmp_path):
+    from unclip.train import train
+    from unclip.weights import load_safetensors
+
+    from torch._dynamo.utils import counters
+
+    runs = {}
+    for name, compile_ in (("eager", False), ("compiled", True)):
+        torch.manual_seed(0)
+        counters.clear()
+        cfg = TrainConfig(stage="decoder", preset="tiny", data=built_dataset, out=tmp_path / name, max_steps=2,
+                          batch_size=2, compile=compile_, options={"clip": str(tiny_clip_dir)})
+        runs[name] = (train(cfg, log=lambda m: None), load_safetensors(tmp_path / name / "checkpoint" / "model.safetensors"))
+    assert counters["stats"]["unique_graphs"] > 0  # the compiled run did compile (the eager one left none)
+    (r0, w0), (r1, w1) = runs["eager"], runs["compiled"]
+    assert list(w0) == list(w1)  # no "_orig_mod." prefixes: checkpoints interchangeable with eager runs
+    assert r1["loss"] == pytest.approx(r0["loss"], rel=1e-3)  # the same step, within the compiler's rounding
+    assert max(float((w0[k] - w1[k]).abs().max()) for k in w0) < 1e-3

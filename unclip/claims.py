@@ -26,7 +26,7 @@ def _fd(r: dict) -> str:
 
 
 def _caveat(*rows: dict) -> str:
-    return " (FD intervals overlap: not separated at this n)" if _overlap(*rows) else ""
+    return " on the point estimates (their FD intervals overlap: not separated at this n)" if _overlap(*rows) else ""
 
 
 def conditioning(rows: list[dict]) -> str | None:
@@ -35,9 +35,9 @@ def conditioning(rows: list[dict]) -> str | None:
     if prior is None or None in others:
         return None
     wins = [prior["fd"] < min(o["fd"] for o in others), prior["clip_score"] > max(o["clip_score"] for o in others)]
-    line = (f"**The prior's z_i is the best conditioning** (paper): {_verdict(wins)}. Prior z_i {_fd(prior)}, "
-            f"CLIP score {prior['clip_score']:.3f}; z_t as z_i {_fd(others[1])}, {others[1]['clip_score']:.3f}; "
-            f"caption only {_fd(others[0])}, {others[0]['clip_score']:.3f}{_caveat(prior, *others)}.")
+    line = (f"**The prior's z_i is the best conditioning** (paper): {_verdict(wins)}{_caveat(prior, *others)}. "
+            f"Prior z_i {_fd(prior)}, CLIP score {prior['clip_score']:.3f}; z_t as z_i {_fd(others[1])}, "
+            f"{others[1]['clip_score']:.3f}; caption only {_fd(others[0])}, {others[0]['clip_score']:.3f}.")
     oracle = s.get("the image's own z_i (oracle prior)")
     if oracle:
         line += (f" With each image's own z_i (a perfect prior): {_fd(oracle)}, CLIP score {oracle['clip_score']:.3f}, "
@@ -65,12 +65,13 @@ def priors(rows: list[dict]) -> str | None:
     if d is None or a is None:
         return None
     wins = [d["fd"] < a["fd"], d["clip_score"] > a["clip_score"]]
-    return (f"**The diffusion prior beats the autoregressive prior** (paper: better and more compute-efficient): {_verdict(wins)}. "
-            f"Diffusion {_fd(d)}, CLIP score {d['clip_score']:.3f}, {d['seconds_per_image']:.2f} s/image; autoregressive "
-            f"{_fd(a)}, {a['clip_score']:.3f}, {a['seconds_per_image']:.2f} s/image{_caveat(d, a)}.")
+    return (f"**The diffusion prior beats the autoregressive prior** (paper): "
+            f"{_verdict(wins)}{_caveat(d, a)}. Diffusion {_fd(d)}, CLIP score {d['clip_score']:.3f}, "
+            f"{d['seconds_per_image']:.2f} s/image; autoregressive {_fd(a)}, {a['clip_score']:.3f}, "
+            f"{a['seconds_per_image']:.2f} s/image.")
 
 
-def samplers(rows: list[dict], speedup: float = 3.0) -> str | None:
+def samplers(rows: list[dict], speedup: float = 3.0, upsample: bool = True) -> str | None:
     s = {r["sampler"]: r for r in rows}
     fast, ref = s.get("dpm++"), s.get("diffusers UnCLIPPipeline (ddpm)")
     if fast is None or ref is None:
@@ -80,7 +81,9 @@ def samplers(rows: list[dict], speedup: float = 3.0) -> str | None:
     wins = [same, ratio >= speedup]
     return (f"**DPM-Solver++ reaches diffusers' DDPM 25/25/7 quality at ≥ {speedup:g}× less time** (our target): "
             f"{_verdict(wins)}. DPM-Solver++ {fast['steps']} {_fd(fast)} at {fast['seconds_per_image']:.2f} s/image; "
-            f"diffusers {_fd(ref)} at {ref['seconds_per_image']:.2f} s/image: {ratio:.1f}× less time.")
+            f"diffusers {_fd(ref)} at {ref['seconds_per_image']:.2f} s/image: {ratio:.1f}× less time"
+            + ("" if upsample else " (ours not upsampled, diffusers' always: `unclip bench generate --diffusers` times "
+                                   "both to 256 px)") + ".")
 
 
 def clip_guided(rows: list[dict]) -> str | None:
@@ -90,9 +93,9 @@ def clip_guided(rows: list[dict]) -> str | None:
         return None
     wins = [u["fd"] < g["fd"], u["clip_score"] > g["clip_score"]]
     tiles = ("more" if g["tiling"] > u["tiling"] else "fewer")
-    return (f"**unCLIP beats the CLIP-guided baseline** (seed 000): {_verdict(wins)}. unCLIP {_fd(u)}, CLIP score "
-            f"{u['clip_score']:.3f}, {u['seconds_per_image']:.2f} s/image; CLIP-guided {_fd(g)}, {g['clip_score']:.3f}, "
-            f"{g['seconds_per_image']:.2f} s/image{_caveat(u, g)}. The CLIP-guided images show {tiles} repeated motifs "
+    return (f"**unCLIP beats the CLIP-guided baseline** (seed 000): {_verdict(wins)}{_caveat(u, g)}. unCLIP {_fd(u)}, "
+            f"CLIP score {u['clip_score']:.3f}, {u['seconds_per_image']:.2f} s/image; CLIP-guided {_fd(g)}, "
+            f"{g['clip_score']:.3f}, {g['seconds_per_image']:.2f} s/image. The CLIP-guided images show {tiles} repeated motifs "
             f"(tiling {g['tiling']:.3f} vs {u['tiling']:.3f}; the critique in seed 000 expects more).")
 
 
@@ -100,11 +103,13 @@ CHECKS = {"conditioning": conditioning, "guidance": guidance, "priors": priors, 
           "clip_guided": clip_guided}
 
 
-def verdicts(sections: dict) -> list[str]:
-    """One line per claim whose section the report holds."""
+def verdicts(sections: dict, upsample: bool = True) -> list[str]:
+    """One line per claim whose section the report holds (`upsample`: were our images upsampled)."""
     out = []
     for key, check in CHECKS.items():
-        line = check(sections[key]) if key in sections else None
+        if key not in sections:
+            continue
+        line = check(sections[key], upsample=upsample) if key == "samplers" else check(sections[key])
         if line:
             out.append(line)
     return out

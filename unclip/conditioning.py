@@ -69,6 +69,7 @@ class Conditioning:
         emb = clip_embeddings(data, split, self.clip, self.clip_dir)
         self.image_embed, self.text_embed = emb["image_embed"], emb["text_embed"]
         self.max_tokens = max_tokens
+        self.fixed_width = False  # True: pad every batch to the split's longest caption (static shapes to compile)
         enc = self.clip.encode_text([""])  # the unconditional caption
         self.empty_text_embed = enc.text_embed[0].detach().float()  # (D,)
         self.empty_tokens = enc.hidden_states[0][enc.mask[0]].float()  # (T0, W)
@@ -100,13 +101,17 @@ class Conditioning:
                 toks.append(torch.from_numpy(self.tokens[self.token_offsets[c]:self.token_offsets[c + 1]].astype(np.float32)))
         if self.max_tokens:
             toks = [t[: self.max_tokens] for t in toks]
-        width = self.max_tokens or max(len(t) for t in toks)
+        width = self.max_tokens or (self.longest() if self.fixed_width else max(len(t) for t in toks))
         hidden = torch.zeros(len(toks), width, toks[0].shape[-1])
         mask = torch.zeros(len(toks), width, dtype=torch.bool)
         for i, t in enumerate(toks):
             hidden[i, :len(t)] = t
             mask[i, :len(t)] = True
         return torch.stack(z_t), hidden, mask
+
+    def longest(self) -> int:
+        """Tokens of the split's longest caption (or of "", if longer)."""
+        return int(max(np.diff(self.token_offsets).max(), len(self.empty_tokens)))
 
     def image_embeds(self, indices: list[int]) -> torch.Tensor:
         return torch.from_numpy(np.stack([self.image_embed[i] for i in indices]).astype(np.float32))  # (B, D)

@@ -303,6 +303,10 @@ class DecoderTask(ConditionedTask):
             logs["vb"] = vb.detach()
         return loss, logs
 
+    def static_shapes(self) -> None:
+        """Before torch.compile: every batch's caption tokens padded to one width (masked: same loss)."""
+        self.cond.fixed_width = True
+
     def eval_model(self) -> "Decoder":
         return Decoder(self.config)
 

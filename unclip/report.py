@@ -295,7 +295,7 @@ def render_markdown(results: dict) -> str:
             md += [f"## {title}", "", _table(s[key], lead + METRICS), ""]
             if key in ("guidance", "samplers", "clip_guided"):  # the sections with a figure
                 md += [f"![{key}](report/{key}.png)", ""]
-    lines = verdicts(s)
+    lines = verdicts(s, upsample=results.get("upsample", True))
     if lines:
         md += ["## The paper's claims at this scale", "",
                "Each verdict from the tables above (held-out concepts): \"holds\" when every measure named goes the "

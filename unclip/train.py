@@ -55,6 +55,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     mixed_precision: str = "auto"  # "no" | "bf16" | "fp16"; auto: bf16 on GPU, fp32 on CPU
     fsdp: bool = False  # shard weights, gradients and optimizer state across processes (FSDP2)
+    compile: bool = False  # torch.compile the stage's model (static shapes: text padded to the split's longest caption)
     resume: bool = False
     init_from: Path | None = None
     max_bad_steps: int = 20
@@ -234,6 +235,11 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
         task.load_weights(Path(cfg.init_from))
         warmup = cfg.resume_warmup_steps
         log(f"starting from the weights in {cfg.init_from} (fresh optimizer, {warmup} warm-up steps)")
+    if cfg.compile:
+        if hasattr(task, "static_shapes"):
+            task.static_shapes()  # one input shape per step: no recompiles, no dynamic-shape graphs
+        model.compile(dynamic=False)  # in place: state_dict keys, EMA and exports stay those of the eager model
+        log("compiling the model (torch.compile); the first steps include the compile time")
     sharded = cfg.fsdp and world > 1
     wrapped = TaskModule(task)
     if sharded:

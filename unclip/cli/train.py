@@ -28,6 +28,8 @@ def register(sub) -> None:
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     t.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default="auto")
     t.add_argument("--fsdp", action="store_true", help="shard weights and optimizer state across processes (FSDP2)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model (inductor): faster steps after a "
+                   "compile of a minute or two at the start")
     t.add_argument("--resume", action="store_true", help="continue from the run's checkpoint when present")
     t.add_argument("--init-from", type=Path, help="start from these weights when there is no checkpoint")
     t.add_argument("--option", action="append", metavar="KEY=VALUE", help="stage-specific setting (repeatable)")
@@ -89,7 +91,8 @@ def _train(a) -> int:
                       batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr, warmup_steps=a.warmup_steps,
                       ema_decay=a.ema_decay, seed=a.seed, save_minutes=a.save_minutes, threads=a.threads,
                       mixed_precision=a.mixed_precision, resume=a.resume, init_from=a.init_from,
-                      lr_schedule=a.lr_schedule, eval_every=a.eval_every, fsdp=a.fsdp, options=options,
+                      lr_schedule=a.lr_schedule, eval_every=a.eval_every, fsdp=a.fsdp, compile=a.compile,
+                      options=options,
                       lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, export=a.export, train_only=a.train_only or "")
     result = train(cfg)
     print(json.dumps(result))
