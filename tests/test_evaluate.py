@@ -177,7 +177,8 @@ def test_reconstruction_scores_an_exact_decoder_perfectly_and_a_blind_one_by_cha
     assert blank["cosine"] < 1 and blank["top1"] <= 0.5  # the same picture for all: one source at best
 
 
-def test_the_oracle_prior_decodes_each_prompts_own_image_embedding(tiny_model_dir, built_dataset, tmp_path, capsys):
+def test_the_oracle_prior_decodes_each_prompts_own_image_embedding(tiny_model_dir, built_dataset, tmp_path, capsys,
+                                                                    monkeypatch):
     import json
 
     import numpy as np
@@ -201,6 +202,21 @@ def test_the_oracle_prior_decodes_each_prompts_own_image_embedding(tiny_model_di
     assert got.shape == (1, 3, 16, 16) and torch.equal(got, want)
     with pytest.raises(ValueError, match="no held-out image has the caption 'a caption of nothing'"):
         generate(["a caption of nothing"], None)
+    import unclip.embed
+
+    real_pack = unclip.embed.image_pack
+
+    def pack_with_a_shared_caption(data, split, *a, **kw):  # image k's first caption made image 0's
+        images, index = real_pack(data, split, *a, **kw)
+        captions = list(index["captions"])
+        captions[index["caption_offsets"][k]] = captions[index["caption_offsets"][0]]
+        return images, {**index, "captions": captions}
+
+    monkeypatch.setattr(unclip.embed, "image_pack", pack_with_a_shared_caption)
+    with pytest.raises(ValueError, match="several held-out images have the caption"):
+        own_embeds_generate(pipe, built_dataset, splits=("heldout_concepts",), decoder_steps=2,
+                            upsample=False)([idx["captions"][0]], None)
+    monkeypatch.undo()
 
     torch.manual_seed(0)
     LockedTextCLIP(CLIPConfig(image_tower="convnext", image_size=16, depths=(1, 1), hidden_sizes=(8, 16),
@@ -240,7 +256,7 @@ def test_claim_verdicts_follow_the_numbers_both_ways():
     assert "is the best conditioning** (paper): holds" in cond and "top-5 12.5% (prior: 0.0%)" in cond
     assert "overlap" not in cond  # [240, 260] vs [280, 300]: separated
     assert ": holds" in guid and "guidance 1" not in guid  # guidance 1 is no guidance: not part of the claim
-    assert ": mixed on the point estimates (their FD intervals overlap" in prior  # lower FD, lower CLIP score; 280±10 vs 285±10
+    assert ": mixed on the point estimates (FD intervals overlap" in prior  # lower FD, lower CLIP score; 280±10 vs 285±10
     assert ": holds" in samp and "4.0× less time" in samp  # 305 inside diffusers' [290, 320], 2.0 / 0.5 s
     assert ": holds" in guided and "show more repeated motifs" in guided
 
@@ -251,6 +267,10 @@ def test_claim_verdicts_follow_the_numbers_both_ways():
     _, guid, _, samp, guided = verdicts(bad)
     assert ": does not hold" in guid and ": mixed" in samp  # 4× faster, but FD 330 > 320
     assert ": does not hold" in guided and "show fewer repeated motifs" in guided
+    near = {"conditioning": [good["conditioning"][0], _claim_row("z_t as z_i", 265, 0.25), good["conditioning"][2]]}
+    assert "FD intervals overlap" in verdicts(near)[0]  # [240, 260] meets z_t's [255, 275], not caption-only's
+    assert ": does not hold" in verdicts(bad, upsample=False)[3]  # FD alone: 330 is outside [290, 320]
+    assert "verdict is on FD alone" in verdicts(good, upsample=False)[3]
     md = render_markdown({"model": "m", "n": 16, "seed": 0, "sections": {"priors": good["priors"]}})
     assert "## The paper's claims at this scale" in md and "autoregressive prior** (paper): " in md
     assert "claims at this scale" not in render_markdown({"model": "m", "n": 16, "seed": 0, "sections": {}})

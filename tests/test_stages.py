@@ -309,11 +309,15 @@ def test_fixed_width_captions_leave_the_decoder_loss_unchanged(built_dataset, ti
     from unclip.train import sample_generator
 
     task = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir))
-    gens = lambda: [sample_generator(0, 0, i) for i in range(3)]  # noqa: E731
-    loose = task.batch([0, 1, 2], gens(), "cpu")
+    cond = task.cond
+    tokens = cond.token_offsets[1:] - cond.token_offsets[:-1]  # per caption
+    short = [i for i in range(len(cond))  # images whose captions all fall short of the longest
+             if tokens[cond.offsets[i]:cond.offsets[i + 1]].max() < cond.longest()][:3]
+    gens = lambda: [sample_generator(0, 0, i) for i in range(len(short))]  # noqa: E731
+    loose = task.batch(short, gens(), "cpu")
     task.static_shapes()
-    fixed = task.batch([0, 1, 2], gens(), "cpu")
-    assert fixed["text_hidden"].shape[1] == task.cond.longest() > loose["text_hidden"].shape[1] - 1
+    fixed = task.batch(short, gens(), "cpu")
+    assert len(short) == 3 and fixed["text_hidden"].shape[1] == cond.longest() > loose["text_hidden"].shape[1]
     assert torch.equal(fixed["text_hidden"][:, :loose["text_hidden"].shape[1]], loose["text_hidden"])
     with torch.no_grad():
         (a, _), (b, _) = task.loss(task.model, loose), task.loss(task.model, fixed)
@@ -338,3 +342,12 @@ def test_compiled_training_keeps_the_eager_state_dict(built_dataset, tiny_clip_d
     assert list(w0) == list(w1)  # no "_orig_mod." prefixes: checkpoints interchangeable with eager runs
     assert r1["loss"] == pytest.approx(r0["loss"], rel=1e-3)  # the same step, within the compiler's rounding
     assert max(float((w0[k] - w1[k]).abs().max()) for k in w0) < 1e-3
+
+
+def test_compile_refuses_the_clip_stage_with_a_clear_error(built_dataset, tmp_path):
+    from unclip.train import train
+
+    cfg = TrainConfig(stage="clip", preset="tiny", data=built_dataset, out=tmp_path / "run", max_steps=1, batch_size=2,
+                      compile=True)
+    with pytest.raises(ValueError, match="--compile is not available for the clip stage"):
+        train(cfg, log=lambda m: None)

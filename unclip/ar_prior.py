@@ -192,6 +192,9 @@ class ARPriorTask(ConditionedTask):
         acc = (logits.argmax(-1) == batch["codes"]).float().mean()
         return loss, {"token_acc": acc.detach()}
 
+    def static_shapes(self) -> None:
+        """Before torch.compile: nothing to do (captions are already cut or padded to num_embeddings tokens)."""
+
     def eval_model(self) -> ARPrior:
         m = ARPrior(self.config, self.model.dims)
         m.quantizer.load_state_dict(self.model.quantizer.state_dict())

@@ -70,6 +70,7 @@ class Conditioning:
         self.image_embed, self.text_embed = emb["image_embed"], emb["text_embed"]
         self.max_tokens = max_tokens
         self.fixed_width = False  # True: pad every batch to the split's longest caption (static shapes to compile)
+        self._longest = None
         enc = self.clip.encode_text([""])  # the unconditional caption
         self.empty_text_embed = enc.text_embed[0].detach().float()  # (D,)
         self.empty_tokens = enc.hidden_states[0][enc.mask[0]].float()  # (T0, W)
@@ -111,7 +112,9 @@ class Conditioning:
 
     def longest(self) -> int:
         """Tokens of the split's longest caption (or of "", if longer)."""
-        return int(max(np.diff(self.token_offsets).max(), len(self.empty_tokens)))
+        if self._longest is None:
+            self._longest = int(max(np.diff(self.token_offsets).max(initial=0), len(self.empty_tokens)))
+        return self._longest
 
     def image_embeds(self, indices: list[int]) -> torch.Tensor:
         return torch.from_numpy(np.stack([self.image_embed[i] for i in indices]).astype(np.float32))  # (B, D)

@@ -226,16 +226,23 @@ def own_embeds_generate(pipe, data: Path, splits=SPLITS, **kw):
     from unclip.embed import image_pack
 
     packs = [image_pack(data, s) for s in splits]
-    source = {}  # first caption -> (images, row): the caption evaluate() prompts with
+    source, shared = {}, set()  # first caption -> (images, row): the caption evaluate() prompts with
     for images, idx in packs:
         for i, off in enumerate(idx["caption_offsets"][:-1]):
-            source.setdefault(idx["captions"][off], (images, i))
+            caption = idx["captions"][off]
+            if caption in source:
+                shared.add(caption)
+            source.setdefault(caption, (images, i))
 
     @torch.no_grad()
     def generate(prompts: list[str], generator) -> torch.Tensor:
         missing = [p for p in prompts if p not in source]
         if missing:
             raise ValueError(f"no held-out image has the caption {missing[0]!r}")
+        ambiguous = [p for p in prompts if p in shared]
+        if ambiguous:
+            raise ValueError(f"several held-out images have the caption {ambiguous[0]!r}: the oracle prior cannot "
+                             "tell which image's z_i a prompt stands for (give the images distinct captions)")
         real = uint8_to_tensor(np.stack([np.asarray(source[p][0][source[p][1]]) for p in prompts]))
         z_i = pipe.clip.encode_image(real)  # (B, d)
         return pipe.from_embeds(z_i, prompts, generator=generator, output_type="pt", **dec).images * 2 - 1

@@ -215,7 +215,7 @@ class UnCLIPPipeline:
                                      sampler=sampler, eta=eta, generator=generator, latents=latents, noise=noise,
                                      clip_denoised=clip_denoised, spacing="leading" if latents is not None else "trailing")
         if upsample and self.upsampler is not None:
-            images = self.upsampler.sample(images, steps=upsampler_steps, generator=generator)
+            images = self.upsampler.sample(images, steps=upsampler_steps, sampler=sampler, generator=generator)
         return UnCLIPOutput(to_output(images, output_type), image_embeds)
 
     def variations(self, image, num_images: int = 4, *, eta: float = 1.0, use_inversion: bool = False,

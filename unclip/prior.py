@@ -155,6 +155,9 @@ class PriorTask(ConditionedTask):
             cos = nn.functional.cosine_similarity(model.unstandardize(pred), batch["image_embed"]).mean()
         return loss, {"cos_z_i": cos}
 
+    def static_shapes(self) -> None:
+        """Before torch.compile: nothing to do (captions are already cut or padded to num_embeddings tokens)."""
+
     def eval_model(self) -> Prior:
         m = Prior(self.config)
         m.set_stats(*self.stats)

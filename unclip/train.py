@@ -236,8 +236,12 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
         warmup = cfg.resume_warmup_steps
         log(f"starting from the weights in {cfg.init_from} (fresh optimizer, {warmup} warm-up steps)")
     if cfg.compile:
-        if hasattr(task, "static_shapes"):
-            task.static_shapes()  # one input shape per step: no recompiles, no dynamic-shape graphs
+        if not hasattr(task, "static_shapes"):
+            raise ValueError(f"--compile is not available for the {cfg.stage} stage: its loss calls the model's methods, "
+                             "not the model (prior, decoder, upsampler and ar_prior have it)")
+        if cfg.fsdp and world > 1:
+            raise ValueError("--compile with --fsdp is not supported yet (untested); drop one of them")
+        task.static_shapes()  # one input shape per step: no recompiles, no dynamic-shape graphs
         model.compile(dynamic=False)  # in place: state_dict keys, EMA and exports stay those of the eager model
         log("compiling the model (torch.compile); the first steps include the compile time")
     sharded = cfg.fsdp and world > 1

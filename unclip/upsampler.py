@@ -168,6 +168,9 @@ class UpsamplerTask:
         weight = min_snr_weight(sched.snr(batch["t"]), self.gamma) if self.gamma else torch.ones_like(mse)
         return (weight * mse).mean(), {"mse": mse.mean().detach()}
 
+    def static_shapes(self) -> None:
+        """Before torch.compile: nothing to do (fixed-size crops, no text)."""
+
     def eval_model(self) -> Upsampler:
         return Upsampler(self.config)
 

@@ -24,7 +24,7 @@ def register(sub) -> None:
     ev = judged_command("eval", "generated vs real held-out images under an independent judge", _eval, 64)
     ev.add_argument("--diversity-prompts", type=int, default=8)
     ev.add_argument("--diversity-samples", type=int, default=4)
-    ev.add_argument("--sampler", default="ddim")
+    ev.add_argument("--sampler", choices=("ddpm", "ddim", "dpm++"), default="ddim")
     ev.add_argument("--prior-steps", type=int)
     ev.add_argument("--decoder-steps", type=int)
     ev.add_argument("--upsampler-steps", type=int)
@@ -100,6 +100,8 @@ def _eval(a) -> int:
     if a.prior == "image":
         from unclip.evaluate import own_embeds_generate
 
+        if a.prior_steps is not None or a.prior_guidance is not None:
+            raise ValueError("--prior image uses no prior: drop --prior-steps and --prior-guidance")
         generate, diversity_prompts = own_embeds_generate(pipe, a.data, **kw), 0
     elif a.prior != "diffusion":
         kw["prior"] = a.prior
@@ -119,7 +121,7 @@ def _eval(a) -> int:
               f"top-1 {m['top1']:.3f} / top-5 {m['top5']:.3f} (real {m['top1_real']:.3f} / {m['top5_real']:.3f})")
     d = r.get("diversity")
     if d:
-            print(f"diversity (1 - cos within a prompt): generated {d['generated']:.3f}, real within a concept {d['real']:.3f}")
+        print(f"diversity (1 - cos within a prompt): generated {d['generated']:.3f}, real within a concept {d['real']:.3f}")
     if "reconstruction" in r:
         m = r["reconstruction"]
         print(f"decoder from the images' own z_i ({m['images']} held-out images): judge cosine to the source {m['cosine']:.3f}, "
