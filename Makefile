@@ -29,9 +29,9 @@ install-dev: $(VENV)/.dev
 demo: install
 	$(BIN)/unclip generate "a grinning cat, 3D style" --num-images 4 --out $(DEMO_DIR)/demo.png
 
-# The whole unit suite, offline, on the CPU (Debian chromium for the web page test).
+# The whole unit suite, offline, on the CPU (Debian chromium for the web page test, g++ for torch.compile).
 test: install-dev
-	scripts/install_chromium.sh
+	scripts/install_system_deps.sh
 	$(BIN)/python -m pytest
 
 # The full dataset (network: the npm registry), into ~/.cache/unclip/data/emoji.

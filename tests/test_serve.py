@@ -184,7 +184,7 @@ def test_the_page_generates_in_a_real_browser(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     chromium = "/usr/bin/chromium"
     if not os.path.exists(chromium):
-        pytest.fail("Debian chromium is not installed: `make test` installs it (scripts/install_chromium.sh)")
+        pytest.fail("Debian chromium is not installed: `make test` installs it (scripts/install_system_deps.sh)")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
