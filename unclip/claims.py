@@ -8,10 +8,6 @@ them is not evidence either way.
 """
 
 
-def _by_setting(rows: list[dict]) -> dict[str, dict]:
-    return {r["setting"]: r for r in rows}
-
-
 def _verdict(wins: list[bool]) -> str:
     return "holds" if all(wins) else "does not hold" if not any(wins) else "mixed"
 
@@ -25,6 +21,17 @@ def _fd(r: dict) -> str:
     return f"FD {r['fd']:.1f} [{r['fd_lo']:.0f}, {r['fd_hi']:.0f}]"
 
 
+def _pick(rows: list[dict], *settings: str) -> list[dict] | None:
+    """The rows of these settings, in this order; None when the section lacks one."""
+    by = {r["setting"]: r for r in rows}
+    return [by[s] for s in settings] if all(s in by for s in settings) else None
+
+
+def _beats(row: dict, *others: dict) -> list[bool]:
+    """Does `row` have a lower FD and a higher CLIP score than every one of the others?"""
+    return [row["fd"] < min(o["fd"] for o in others), row["clip_score"] > max(o["clip_score"] for o in others)]
+
+
 def _caveat(row: dict, *others: dict) -> str:
     """Said when `row`'s FD interval overlaps any of the others': the FD part is not separated."""
     if any(_overlap(row, o) for o in others):
@@ -33,15 +40,14 @@ def _caveat(row: dict, *others: dict) -> str:
 
 
 def conditioning(rows: list[dict]) -> str | None:
-    s = _by_setting(rows)
-    prior, others = s.get("prior z_i (unCLIP)"), [s.get("caption only (no z_i)"), s.get("z_t as z_i")]
-    if prior is None or None in others:
+    picked = _pick(rows, "prior z_i (unCLIP)", "z_t as z_i", "caption only (no z_i)")
+    if picked is None:
         return None
-    wins = [prior["fd"] < min(o["fd"] for o in others), prior["clip_score"] > max(o["clip_score"] for o in others)]
-    line = (f"**The prior's z_i is the best conditioning** (paper): {_verdict(wins)}{_caveat(prior, *others)}. "
-            f"Prior z_i {_fd(prior)}, CLIP score {prior['clip_score']:.3f}; z_t as z_i {_fd(others[1])}, "
-            f"{others[1]['clip_score']:.3f}; caption only {_fd(others[0])}, {others[0]['clip_score']:.3f}.")
-    oracle = s.get("the image's own z_i (oracle prior)")
+    prior, zt, caption = picked
+    line = (f"**The prior's z_i is the best conditioning** (paper): {_verdict(_beats(prior, zt, caption))}"
+            f"{_caveat(prior, zt, caption)}. Prior z_i {_fd(prior)}, CLIP score {prior['clip_score']:.3f}; z_t as z_i "
+            f"{_fd(zt)}, {zt['clip_score']:.3f}; caption only {_fd(caption)}, {caption['clip_score']:.3f}.")
+    oracle = (_pick(rows, "the image's own z_i (oracle prior)") or [None])[0]
     if oracle:
         line += (f" With each image's own z_i (a perfect prior): {_fd(oracle)}, CLIP score {oracle['clip_score']:.3f}, "
                  f"top-5 {oracle['top5']:.1%} (prior: {prior['top5']:.1%}).")
@@ -63,13 +69,12 @@ def guidance(rows: list[dict]) -> str | None:
 
 
 def priors(rows: list[dict]) -> str | None:
-    s = _by_setting(rows)
-    d, a = s.get("diffusion prior"), s.get("autoregressive prior")
-    if d is None or a is None:
+    picked = _pick(rows, "diffusion prior", "autoregressive prior")
+    if picked is None:
         return None
-    wins = [d["fd"] < a["fd"], d["clip_score"] > a["clip_score"]]
+    d, a = picked
     return (f"**The diffusion prior beats the autoregressive prior** (paper): "
-            f"{_verdict(wins)}{_caveat(d, a)}. Diffusion {_fd(d)}, CLIP score {d['clip_score']:.3f}, "
+            f"{_verdict(_beats(d, a))}{_caveat(d, a)}. Diffusion {_fd(d)}, CLIP score {d['clip_score']:.3f}, "
             f"{d['seconds_per_image']:.2f} s/image; autoregressive {_fd(a)}, {a['clip_score']:.3f}, "
             f"{a['seconds_per_image']:.2f} s/image.")
 
@@ -90,13 +95,13 @@ def samplers(rows: list[dict], speedup: float = 3.0, upsample: bool = True) -> s
 
 
 def clip_guided(rows: list[dict]) -> str | None:
-    s = _by_setting(rows)
-    g, u = s.get("CLIP-guided (caption-conditioned decoder)"), s.get("unCLIP")
-    if g is None or u is None:
+    picked = _pick(rows, "unCLIP", "CLIP-guided (caption-conditioned decoder)")
+    if picked is None:
         return None
-    wins = [u["fd"] < g["fd"], u["clip_score"] > g["clip_score"]]
+    u, g = picked
     tiles = ("more" if g["tiling"] > u["tiling"] else "fewer")
-    return (f"**unCLIP beats the CLIP-guided baseline** (the case against CLIP guidance unCLIP answered): {_verdict(wins)}{_caveat(u, g)}. unCLIP {_fd(u)}, "
+    return (f"**unCLIP beats the CLIP-guided baseline** (the case against CLIP guidance unCLIP answered): "
+            f"{_verdict(_beats(u, g))}{_caveat(u, g)}. unCLIP {_fd(u)}, "
             f"CLIP score {u['clip_score']:.3f}, {u['seconds_per_image']:.2f} s/image; CLIP-guided {_fd(g)}, "
             f"{g['clip_score']:.3f}, {g['seconds_per_image']:.2f} s/image. The CLIP-guided images show {tiles} repeated motifs "
             f"(tiling {g['tiling']:.3f} vs {u['tiling']:.3f}; critics of CLIP guidance report more: tiled, repeated objects).")

@@ -69,8 +69,7 @@ class Conditioning:
         emb = clip_embeddings(data, split, self.clip, self.clip_dir)
         self.image_embed, self.text_embed = emb["image_embed"], emb["text_embed"]
         self.max_tokens = max_tokens
-        self.fixed_width = False  # True: pad every batch to the split's longest caption (static shapes to compile)
-        self._longest = None
+        self.pad_to: int | None = None  # pad every batch's tokens to this width (static shapes to compile)
         enc = self.clip.encode_text([""])  # the unconditional caption
         self.empty_text_embed = enc.text_embed[0].detach().float()  # (D,)
         self.empty_tokens = enc.hidden_states[0][enc.mask[0]].float()  # (T0, W)
@@ -102,7 +101,7 @@ class Conditioning:
                 toks.append(torch.from_numpy(self.tokens[self.token_offsets[c]:self.token_offsets[c + 1]].astype(np.float32)))
         if self.max_tokens:
             toks = [t[: self.max_tokens] for t in toks]
-        width = self.max_tokens or (self.longest() if self.fixed_width else max(len(t) for t in toks))
+        width = self.max_tokens or self.pad_to or max(len(t) for t in toks)
         hidden = torch.zeros(len(toks), width, toks[0].shape[-1])
         mask = torch.zeros(len(toks), width, dtype=torch.bool)
         for i, t in enumerate(toks):
@@ -112,9 +111,7 @@ class Conditioning:
 
     def longest(self) -> int:
         """Tokens of the split's longest caption (or of "", if longer)."""
-        if self._longest is None:
-            self._longest = int(max(np.diff(self.token_offsets).max(initial=0), len(self.empty_tokens)))
-        return self._longest
+        return int(max(np.diff(self.token_offsets).max(initial=0), len(self.empty_tokens)))
 
     def image_embeds(self, indices: list[int]) -> torch.Tensor:
         return torch.from_numpy(np.stack([self.image_embed[i] for i in indices]).astype(np.float32))  # (B, D)

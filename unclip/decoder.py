@@ -305,7 +305,7 @@ class DecoderTask(ConditionedTask):
 
     def static_shapes(self) -> None:
         """Before torch.compile: every batch's caption tokens padded to one width (masked: same loss)."""
-        self.cond.fixed_width = True
+        self.cond.pad_to = self.cond.longest()
 
     def eval_model(self) -> "Decoder":
         return Decoder(self.config)

@@ -273,8 +273,8 @@ class UnCLIPPipeline:
             raise ValueError(f"model {self.name!r} has no clip_pca.safetensors; write it with `unclip pca --model DIR`")
         z_i = self.encode_image(image)
         z = torch.cat([project(z_i, self.pca, k) for k in ks])
-        return self.from_embeds(z, noise=self.decoder.shared_noise(len(ks), generator), decoder_steps=decoder_steps, sampler="ddim", generator=generator,
-                                **kwargs)
+        return self.from_embeds(z, noise=self.decoder.shared_noise(len(ks), generator), decoder_steps=decoder_steps,
+                                sampler="ddim", generator=generator, **kwargs)
 
     # -- text to image ------------------------------------------------------------------------
     @torch.no_grad()
