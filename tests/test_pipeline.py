@@ -82,6 +82,8 @@ def test_autoregressive_prior_is_selectable(pipe):
     ({"prompt": "x", "prior": "gan"}, "prior must be"), ({"prompt": "x", "decoder_steps": 0}, "decoder_steps must be an integer between 1 and 1000"),
     ({"prompt": "x", "prior_steps": 5000}, "prior_steps must be"), ({"prompt": "x", "decoder_guidance_scale": -1}, "between 0.0"),
     ({"prompt": "x", "eta": 2.0}, "eta must be between 0.0 and 1.0"),
+    ({"prompt": "x", "sampler": "ddpm", "decoder_steps": 1}, "decoder_steps must be at least 2 with the ddpm sampler"),
+    ({"prompt": "x", "sampler": "ddpm", "upsample": True, "upsampler_steps": 1}, "upsampler_steps must be at least 2"),
 ])
 def test_bad_arguments_are_clear_errors(pipe, kwargs, match):
     if match is None:  # the empty prompt is valid: it is the unconditional caption

@@ -13,7 +13,7 @@ import torch
 
 from unclip.clip import TextEncoding
 from unclip.images import to_output
-from unclip.sampling import DEFAULT_STEPS, SAMPLERS
+from unclip.sampling import DEFAULT_STEPS, SAMPLERS, check_steps
 
 
 @dataclass
@@ -295,6 +295,8 @@ class UnCLIPPipeline:
         upsampler_steps = d["upsampler"] if upsampler_steps is None else upsampler_steps
         check_ranges(prior_steps=prior_steps, decoder_steps=decoder_steps, upsampler_steps=upsampler_steps,
                      prior_guidance_scale=prior_guidance_scale, decoder_guidance_scale=decoder_guidance_scale, eta=eta)
+        check_steps(sampler, prior_steps=prior_steps, decoder_steps=decoder_steps,
+                    **({"upsampler_steps": upsampler_steps} if upsample and self.upsampler is not None else {}))
         text, empty = self.encode_prompt(prompts)
         text = text.repeat(num_images_per_prompt)
         z_i = self.sample_image_embeds(text, empty, steps=prior_steps, guidance_scale=prior_guidance_scale,

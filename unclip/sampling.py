@@ -100,11 +100,23 @@ def guided(denoise_pair, guidance_scale: float, split: int | None = None):
     return denoise
 
 
+def check_steps(sampler: str, **steps: int) -> None:
+    """Each named step count is at least 1, and at least 2 for DDPM (its UnCLIPScheduler spaces the
+    steps from t = 999 to t = 0, which one step cannot do); one clear error otherwise."""
+    least = 2 if sampler == "ddpm" else 1
+    for name, n in steps.items():
+        if n < least:
+            raise ValueError(f"{name} must be at least {least}{' with the ddpm sampler' if least == 2 else ''}, got {n}")
+
+
 def truncated_timesteps(scheduler, steps: int, strength: float = 1.0) -> torch.Tensor:
     """set_timesteps(steps), then keep the last round(steps·strength) of them (img2img-style: a run that
     starts from a noised image instead of pure noise), telling the scheduler where it begins."""
+    from diffusers import UnCLIPScheduler
+
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
+    check_steps("ddpm" if isinstance(scheduler, UnCLIPScheduler) else "", steps=steps)
     scheduler.set_timesteps(steps)
     start = steps - max(1, min(steps, round(steps * strength)))
     if start and hasattr(scheduler, "set_begin_index"):
@@ -120,8 +132,6 @@ def sample(denoise, x: torch.Tensor, scheduler, steps: int, generator: torch.Gen
     (a learned variance) for schedulers that cannot use them."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UnCLIPScheduler
 
-    if steps < 1 or (isinstance(scheduler, UnCLIPScheduler) and steps < 2):
-        raise ValueError(f"steps must be at least {2 if isinstance(scheduler, UnCLIPScheduler) else 1}, got {steps}")
     timesteps = truncated_timesteps(scheduler, steps, strength)
     learned = isinstance(scheduler, UnCLIPScheduler) and scheduler.config.variance_type == "learned_range"
     for i, t in enumerate(tqdm(timesteps, desc=desc, disable=desc is None, leave=False)):
