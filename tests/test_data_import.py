@@ -195,7 +195,7 @@ def test_finetune_one_command(tiny_model_dir, built_dataset, tmp_path, capsys, m
     else:  # the new style among the fixture dataset's styles, for the real held-out image, base and fine-tuned
         base_styles = set(image_pack(built_dataset, "train")[1]["styles"])
         assert style["style"] == "icons" and style["styles"] == len(base_styles) + 1 and style["prompts"] == 1
-        assert all(style[k] in (0.0, 1.0) and sum(style[f"{k}_styles"].values()) == 1 for k in ("real", "before", "after", "before_prior", "after_prior"))
+        assert all(style[k] in (0.0, 1.0) and sum(style[f"{k}_styles"].values()) == 1 for k in ("real", "before", "after", "before_prior", "after_prior", "before_own", "after_own"))
 
 
 def test_style_probe_fits_the_styles_and_weights_a_small_one_as_much(built_dataset, tiny_clip_dir):

@@ -351,3 +351,18 @@ def test_compile_refuses_the_clip_stage_with_a_clear_error(built_dataset, tmp_pa
                       compile=True)
     with pytest.raises(ValueError, match="--compile is not available for the clip stage"):
         train(cfg, log=lambda m: None)
+
+
+def test_a_fine_tune_keeps_the_loss_options_its_decoder_was_trained_with(built_dataset, tiny_clip_dir, tmp_path):
+    """The exported config records the options used; --init-from takes them unless the run sets its own."""
+    from unclip.decoder import Decoder, DecoderTask
+
+    trained = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, high_noise_floor=0.05, dc_weight=0.002))
+    trained.export(trained.model, tmp_path / "m")
+    assert Decoder.load(tmp_path / "m").config.loss_options == {"min_snr_gamma": 5.0, "high_noise_floor": 0.05,
+                                                                "dc_weight": 0.002}
+    tuned = DecoderTask(TrainConfig(stage="decoder", data=built_dataset, init_from=tmp_path / "m",
+                                    options={"clip": str(tiny_clip_dir), "dc_weight": 0.0}))
+    assert (tuned.high_noise_floor, tuned.dc_weight, tuned.gamma) == (0.05, 0.0, 5.0)
+    plain = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir))
+    assert (plain.high_noise_floor, plain.dc_weight) == (0.0, 0.0)

@@ -39,6 +39,7 @@ class DecoderConfig:
     caption_drop: float = 0.5  # CFG: caption -> ""
     dc_mean: tuple[float, ...] | None = None  # training images' mean colour in [-1, 1]: the mean start (see `start`)
     guidance_scale: float | None = None  # this model's default text-to-image guidance (None: Karlo's 8)
+    loss_options: dict | None = None  # the DecoderTask loss options it was trained with; a fine-tune keeps them
 
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)  # JSON presets and configs hold lists
@@ -240,7 +241,11 @@ class DecoderTask(ConditionedTask):
     """Training task for the decoder. Options: clip=DIR (CLIP stage), min_snr_gamma (default 5),
     high_noise_floor (default 0: off; the recipe uses 0.05, see `high_noise_weight`), dc_weight
     (default 0: off; the recipe uses 0.002: the mean-colour error `dc_error`, where SNR < high_noise_floor,
-    with the high-noise weight)."""
+    with the high-noise weight). Options the run does not set come from the starting model's
+    `loss_options` (a fine-tune keeps the objective its model was trained with), and the exported
+    config records the ones used."""
+
+    LOSS_OPTIONS = {"min_snr_gamma": 5.0, "high_noise_floor": 0.0, "dc_weight": 0.0}
 
     def __init__(self, cfg, conditioning=None):
         from unclip.conditioning import Conditioning, clip_dir_for, stage_config
@@ -256,9 +261,10 @@ class DecoderTask(ConditionedTask):
         self.model = Decoder(self.config)
         self.clip_dir = self.cond.clip_dir
         self.schedule = Schedule()
-        self.gamma = float(cfg.options.get("min_snr_gamma", 5.0))
-        self.high_noise_floor = float(cfg.options.get("high_noise_floor", 0.0))
-        self.dc_weight = float(cfg.options.get("dc_weight", 0.0))
+        given = {**(self.config.loss_options or {}), **cfg.options}
+        opts = {k: float(given.get(k, default)) for k, default in self.LOSS_OPTIONS.items()}
+        self.config.loss_options = opts
+        self.gamma, self.high_noise_floor, self.dc_weight = opts["min_snr_gamma"], opts["high_noise_floor"], opts["dc_weight"]
         self._heldout = None
 
     def batch(self, indices, gens, device) -> dict:

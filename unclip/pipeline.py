@@ -209,6 +209,8 @@ class UnCLIPPipeline:
         decoder_guidance_scale = self.default_decoder_guidance(decoder_guidance_scale, inverted=latents is not None)
         check_ranges(decoder_steps=decoder_steps, upsampler_steps=upsampler_steps,
                      decoder_guidance_scale=decoder_guidance_scale, eta=eta)
+        check_steps(sampler, decoder_steps=decoder_steps,
+                    **({"upsampler_steps": upsampler_steps} if upsample and self.upsampler is not None else {}))
         captions = [caption] * len(image_embeds) if isinstance(caption, str) else list(caption)
         text, empty = self.encode_prompt(captions)
         images = self.decoder.sample(image_embeds, text, empty, steps=decoder_steps, guidance_scale=decoder_guidance_scale,

@@ -61,6 +61,8 @@ def register(sub) -> None:
                     help="held-out captions for the style retrieval measure, before vs after (0: skip it)")
     ft.add_argument("--base-data", type=Path, help="the base model's dataset, for the other styles (default: the default data dir)")
     ft.add_argument("--threads", type=int, default=0)
+    ft.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default="auto",
+                    help="as for `train` (auto: bf16 on a GPU, fp32 on a CPU; bf16 is faster on CPUs with AMX)")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--json", action="store_true")
     ft.set_defaults(fn=_finetune)
@@ -104,7 +106,7 @@ def _finetune(a) -> int:
 
     r = finetune(FinetuneConfig(src=a.src, out=a.out, base=a.base, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                                 lora_rank=a.lora_rank, prior=not a.no_prior, default_caption=a.default_caption,
-                                style=a.style, threads=a.threads, seed=a.seed, style_prompts=a.style_prompts,
+                                style=a.style, threads=a.threads, mixed_precision=a.mixed_precision, seed=a.seed, style_prompts=a.style_prompts,
                                 base_data=a.base_data))
     print(json.dumps(r) if a.json else f"wrote {r['model']} and {r['before_after']}")
     return 0
