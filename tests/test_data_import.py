@@ -297,3 +297,21 @@ def test_metadata_csv_without_a_text_column_is_a_clear_error(tmp_path):
 
         import_images(ImportConfig(src=src, out=tmp_path / "o"), log=lambda *a: None)
     assert main(["data", "import", str(src), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_finetune_resumes_only_from_the_base_it_started_from(tiny_model_dir, tmp_path):
+    import shutil
+
+    from unclip.finetune import check_base
+
+    base, out = tmp_path / "base", tmp_path / "out"
+    shutil.copytree(tiny_model_dir, base)
+    check_base(out, base)
+    (out / "runs").mkdir()
+    check_base(out, base)  # the same weights: resumes
+    f = next(base.rglob("*.safetensors"))
+    f.write_bytes(f.read_bytes()[:-1] + bytes([f.read_bytes()[-1] ^ 1]))  # one bit of the base's weights
+    with pytest.raises(ValueError, match="holds a fine-tune of other base weights"):
+        check_base(out, base)
+    shutil.rmtree(out / "runs")
+    check_base(out, base)  # nothing to resume: starts over from the new base

@@ -49,6 +49,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     if not (base / "decoder_config.json").exists():
         raise FileNotFoundError(f"no base model with a decoder at {base}; pass --base MODEL_DIR")
     out = Path(cfg.out).expanduser()
+    check_base(out, base)
     data = out / "data"
     m = import_images(ImportConfig(src=cfg.src, out=data, default_caption=cfg.default_caption, style=cfg.style,
                                    seed=cfg.seed), log=log)
@@ -95,6 +96,33 @@ def _assemble(base: Path, runs: dict, out: Path, lora: int) -> Path:
     shutil.copytree(base, model, ignore=shutil.ignore_patterns("MODEL_CARD.md"))
     assemble(model, **runs)
     return model
+
+
+def weights_id(model_dir: Path) -> str:
+    """A hash of every safetensors file under a model directory (names and bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).rglob("*.safetensors")):
+        h.update(str(f.relative_to(model_dir)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def check_base(out: Path, base: Path) -> None:
+    """OUT/base.json names the weights OUT's runs started from; repeating the command resumes them only
+    from the same base (a changed base, e.g. a newer shipped model, would otherwise resume silently)."""
+    from unclip.fsutil import write_bytes_atomic
+
+    record, now = out / "base.json", {"base": str(base), "weights": weights_id(base)}
+    if record.exists():
+        was = json.loads(record.read_text())
+        if was["weights"] != now["weights"] and (out / "runs").exists():
+            raise ValueError(f"{out} holds a fine-tune of other base weights ({was['base']}, {was['weights']}; now "
+                             f"{now['weights']}): pass a new --out, or delete {out / 'runs'} to start over")
+    write_bytes_atomic(record, json.dumps(now).encode())
 
 
 def load_finetuned(base: Path, model_dir: Path):
