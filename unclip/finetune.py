@@ -194,8 +194,8 @@ def style_report(base: Path, model_dir: Path, data: Path, cfg: FinetuneConfig, l
     every style of the base dataset and SRC's training images) assigns to SRC's style; for the base
     model, the fine-tuned one, and the real held-out images of SRC (the ceiling). `*_prior`: the same
     for the z_i the prior sampled (what the decoder was asked to draw); `*_own`: for images the decoder
-    drew from the held-out images' own z_i (a perfect prior: what the decoder alone can render). Skipped, with the reason, when
-    the base dataset is absent."""
+    drew from the held-out images' own z_i (a perfect prior: what the decoder alone can render).
+    Skipped, with the reason, when the base dataset is absent."""
     from unclip.clip_task import uint8_to_tensor
     from unclip.embed import image_pack
     from unclip.paths import default_data_dir

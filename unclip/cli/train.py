@@ -106,8 +106,8 @@ def _finetune(a) -> int:
 
     r = finetune(FinetuneConfig(src=a.src, out=a.out, base=a.base, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                                 lora_rank=a.lora_rank, prior=not a.no_prior, default_caption=a.default_caption,
-                                style=a.style, threads=a.threads, mixed_precision=a.mixed_precision, seed=a.seed, style_prompts=a.style_prompts,
-                                base_data=a.base_data))
+                                style=a.style, threads=a.threads, mixed_precision=a.mixed_precision, seed=a.seed,
+                                style_prompts=a.style_prompts, base_data=a.base_data))
     print(json.dumps(r) if a.json else f"wrote {r['model']} and {r['before_after']}")
     return 0
 
