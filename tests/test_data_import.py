@@ -186,6 +186,9 @@ def test_finetune_one_command(tiny_model_dir, built_dataset, tmp_path, capsys, m
         assert sorted(p.name for p in (out / "lora").iterdir()) == ["decoder.safetensors", "prior.safetensors"]
     else:
         assert (out / "model" / "decoder_config.json").exists() and (out / "model" / "clip.safetensors").exists()
+    from unclip.finetune import weights_id
+
+    assert json.loads((out / "base.json").read_text())["weights"] == weights_id(tiny_model_dir)  # checked on a re-run
     im = Image.open(out / "before_after.png")
     n = len(json.loads(im.text["parameters"])["prompts"])
     assert n >= 1 and im.size == (n * 64, 2 * 64)  # a row before, a row after
@@ -309,8 +312,12 @@ def test_finetune_resumes_only_from_the_base_it_started_from(tiny_model_dir, tmp
     check_base(out, base)
     (out / "runs").mkdir()
     check_base(out, base)  # the same weights: resumes
-    f = next(base.rglob("*.safetensors"))
-    f.write_bytes(f.read_bytes()[:-1] + bytes([f.read_bytes()[-1] ^ 1]))  # one bit of the base's weights
+    def flip_a_bit(f):
+        f.write_bytes(f.read_bytes()[:-1] + bytes([f.read_bytes()[-1] ^ 1]))
+
+    flip_a_bit(next((base / "super_res_first").glob("*.safetensors")))
+    check_base(out, base)  # the upsampler is not what the runs started from
+    flip_a_bit(next((base / "decoder").glob("*.safetensors")))
     with pytest.raises(ValueError, match="holds a fine-tune of other base weights"):
         check_base(out, base)
     shutil.rmtree(out / "runs")

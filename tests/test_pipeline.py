@@ -76,6 +76,11 @@ def test_autoregressive_prior_is_selectable(pipe):
     torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(1))
 
 
+def test_ddpm_step_minimum_applies_only_to_the_stages_that_run(pipe):
+    out = pipe("x", prior="text", sampler="ddpm", prior_steps=1, decoder_steps=2, upsample=False, output_type="pt")
+    assert out.images.shape[0] == 1  # prior_steps is unused with prior="text"
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"prompt": ""}, None), ({"prompt": []}, "non-empty list"), ({"prompt": "x", "num_images_per_prompt": 0}, "at least 1"),
     ({"prompt": "x", "sampler": "euler"}, "unknown sampler 'euler'"), ({"prompt": "x", "output_type": "jpg"}, "output_type"),

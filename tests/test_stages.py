@@ -366,3 +366,22 @@ def test_a_fine_tune_keeps_the_loss_options_its_decoder_was_trained_with(built_d
     assert (tuned.high_noise_floor, tuned.dc_weight, tuned.gamma) == (0.05, 0.0, 5.0)
     plain = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir))
     assert (plain.high_noise_floor, plain.dc_weight) == (0.0, 0.0)
+
+
+def test_a_resumed_decoder_run_keeps_its_checkpoints_loss(built_dataset, tiny_clip_dir, tmp_path):
+    """The starting model's recorded options changing after a run began do not change the run's loss."""
+    from unclip.decoder import DecoderTask
+
+    trained = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, high_noise_floor=0.05, dc_weight=0.002))
+    trained.export(trained.model, tmp_path / "m")
+    cfg = TrainConfig(stage="decoder", data=built_dataset, init_from=tmp_path / "m", options={"clip": str(tiny_clip_dir)})
+    task = DecoderTask(cfg)
+    assert (task.high_noise_floor, task.dc_weight) == (0.05, 0.002)  # a new run: the starting model's
+    task.restore_state({"loss_options": {"min_snr_gamma": 5.0, "high_noise_floor": 0.0, "dc_weight": 0.0}})
+    assert (task.high_noise_floor, task.dc_weight) == (0.0, 0.0)  # a resumed one: its checkpoint's
+    assert task.checkpoint_state()["loss_options"]["high_noise_floor"] == 0.0
+    task.restore_state({"config": {"options": {"clip": "x", "high_noise_floor": 0.1}}})  # a checkpoint before the record
+    assert (task.high_noise_floor, task.dc_weight) == (0.1, 0.0)
+    cfg.options["dc_weight"] = 0.01  # an option given to the resumed run wins
+    task.restore_state({"loss_options": {"min_snr_gamma": 5.0, "high_noise_floor": 0.05, "dc_weight": 0.002}})
+    assert (task.high_noise_floor, task.dc_weight) == (0.05, 0.01)

@@ -261,11 +261,23 @@ class DecoderTask(ConditionedTask):
         self.model = Decoder(self.config)
         self.clip_dir = self.cond.clip_dir
         self.schedule = Schedule()
-        given = {**(self.config.loss_options or {}), **cfg.options}
-        opts = {k: float(given.get(k, default)) for k, default in self.LOSS_OPTIONS.items()}
-        self.config.loss_options = opts
-        self.gamma, self.high_noise_floor, self.dc_weight = opts["min_snr_gamma"], opts["high_noise_floor"], opts["dc_weight"]
+        self._set_loss_options({**(self.config.loss_options or {}), **cfg.options})
         self._heldout = None
+
+    def _set_loss_options(self, given: dict) -> None:
+        opts = {k: float(given.get(k, default)) for k, default in self.LOSS_OPTIONS.items()}
+        self.config.loss_options = opts  # exported with the model
+        self.gamma, self.high_noise_floor, self.dc_weight = opts["min_snr_gamma"], opts["high_noise_floor"], opts["dc_weight"]
+
+    def checkpoint_state(self) -> dict:
+        return {"loss_options": self.config.loss_options}
+
+    def restore_state(self, state: dict) -> None:
+        """On resume: the loss the run was training with (its checkpoint's record; before there was one,
+        the run's own options over the defaults), with the options given to this run on top: a starting
+        model whose recorded options changed since cannot change a resumed run's loss."""
+        saved = state.get("loss_options") or state.get("config", {}).get("options", {})
+        self._set_loss_options({**saved, **self.cfg.options})
 
     def batch(self, indices, gens, device) -> dict:
         from unclip.diffusion import draw_noise, draw_timesteps, draw_uniform

@@ -49,7 +49,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     if not (base / "decoder_config.json").exists():
         raise FileNotFoundError(f"no base model with a decoder at {base}; pass --base MODEL_DIR")
     out = Path(cfg.out).expanduser()
-    check_base(out, base)
+    check_base(out, base, log)
     data = out / "data"
     m = import_images(ImportConfig(src=cfg.src, out=data, default_caption=cfg.default_caption, style=cfg.style,
                                    seed=cfg.seed), log=log)
@@ -98,12 +98,21 @@ def _assemble(base: Path, runs: dict, out: Path, lora: int) -> Path:
     return model
 
 
+# What a fine-tune starts from: the CLIP stage (it embeds the data), the prior, the decoder and their configs
+START_FILES = ("clip.safetensors", "clip_config.json", "prior", "prior_config.json", "decoder", "text_proj",
+               "decoder_config.json")
+
+
 def weights_id(model_dir: Path) -> str:
-    """A hash of every safetensors file under a model directory (names and bytes)."""
+    """A hash of the files a fine-tune starts from (START_FILES: names and bytes); the upsampler, the
+    AR prior, a PCA or adapters written into the model directory later do not change it."""
     import hashlib
 
+    model_dir = Path(model_dir)
     h = hashlib.sha256()
-    for f in sorted(Path(model_dir).rglob("*.safetensors")):
+    files = [f for name in START_FILES for f in ([model_dir / name] if (model_dir / name).is_file()
+                                                  else sorted((model_dir / name).rglob("*")))]
+    for f in (f for f in files if f.is_file()):
         h.update(str(f.relative_to(model_dir)).encode())
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -111,7 +120,7 @@ def weights_id(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def check_base(out: Path, base: Path) -> None:
+def check_base(out: Path, base: Path, log=print) -> None:
     """OUT/base.json names the weights OUT's runs started from; repeating the command resumes them only
     from the same base (a changed base, e.g. a newer shipped model, would otherwise resume silently)."""
     from unclip.fsutil import write_bytes_atomic
@@ -122,6 +131,9 @@ def check_base(out: Path, base: Path) -> None:
         if was["weights"] != now["weights"] and (out / "runs").exists():
             raise ValueError(f"{out} holds a fine-tune of other base weights ({was['base']}, {was['weights']}; now "
                              f"{now['weights']}): pass a new --out, or delete {out / 'runs'} to start over")
+    elif (out / "runs").exists():
+        log(f"warning: {out / 'runs'} has no record of the base it started from (an older fine-tune); resuming it "
+            f"from {base} as it is")
     write_bytes_atomic(record, json.dumps(now).encode())
 
 

@@ -297,7 +297,7 @@ class UnCLIPPipeline:
         upsampler_steps = d["upsampler"] if upsampler_steps is None else upsampler_steps
         check_ranges(prior_steps=prior_steps, decoder_steps=decoder_steps, upsampler_steps=upsampler_steps,
                      prior_guidance_scale=prior_guidance_scale, decoder_guidance_scale=decoder_guidance_scale, eta=eta)
-        check_steps(sampler, prior_steps=prior_steps, decoder_steps=decoder_steps,
+        check_steps(sampler, decoder_steps=decoder_steps, **({"prior_steps": prior_steps} if prior == "diffusion" else {}),
                     **({"upsampler_steps": upsampler_steps} if upsample and self.upsampler is not None else {}))
         text, empty = self.encode_prompt(prompts)
         text = text.repeat(num_images_per_prompt)

@@ -230,6 +230,8 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
                              f"{fingerprint}: e.g. a different CLIP stage); use another --out or delete it")
         model.load_state_dict(load_safetensors(ckpt / "model.safetensors"))
         start, ema_updates = state["step"], state["ema_updates"]
+        if hasattr(task, "restore_state"):
+            task.restore_state(state)
         log(f"resuming {run} at step {start}")
     elif cfg.init_from:
         task.load_weights(Path(cfg.init_from))
@@ -297,7 +299,8 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
             improved = best is None or h < best
             best = h if improved else best
             save_checkpoint(run, weights, ema_full, ema.updates, optimizer, step, cfg,
-                            {"best_heldout": best, "heldout": h, "fingerprint": fingerprint})
+                            {"best_heldout": best, "heldout": h, "fingerprint": fingerprint,
+                             **(task.checkpoint_state() if hasattr(task, "checkpoint_state") else {})})
             if improved or cfg.export == "last":
                 task.export(ema.copy_to(task.eval_model(), ema_full), run / "model")
             if hasattr(task, "preview"):  # a picture of where training stands, at every checkpoint
