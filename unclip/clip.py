@@ -11,7 +11,6 @@ Both return unit-norm embeddings, the caption's token states and their mask (for
 the decoder).
 """
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from unclip.fsutil import file_hash
 from unclip.weights import load_safetensors, save_safetensors
 
 MAX_TOKENS = 64
@@ -84,7 +84,7 @@ class TextTower:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path, use_safetensors=True).eval().requires_grad_(False).to(device)
         self.device = torch.device(device)
-        self.fingerprint = _file_hash(path / "model.safetensors")
+        self.fingerprint = file_hash(path / "model.safetensors")
 
     @torch.no_grad()
     def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -97,14 +97,6 @@ class TextTower:
         mask = tok["attention_mask"].bool()  # (B, T)
         pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # mean pooling, as trained
         return pooled, hidden, mask
-
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 @dataclass

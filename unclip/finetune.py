@@ -104,19 +104,18 @@ START_FILES = ("clip.safetensors", "clip_config.json", "prior", "prior_config.js
 
 
 def weights_id(model_dir: Path) -> str:
-    """A hash of the files a fine-tune starts from (START_FILES: names and bytes); the upsampler, the
+    """A hash of the files a fine-tune starts from (START_FILES: names and contents); the upsampler, the
     AR prior, a PCA or adapters written into the model directory later do not change it."""
     import hashlib
 
+    from unclip.fsutil import file_hash
+
     model_dir = Path(model_dir)
     h = hashlib.sha256()
-    files = [f for name in START_FILES for f in ([model_dir / name] if (model_dir / name).is_file()
-                                                  else sorted((model_dir / name).rglob("*")))]
-    for f in (f for f in files if f.is_file()):
-        h.update(str(f.relative_to(model_dir)).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+    for name in START_FILES:
+        path = model_dir / name
+        for f in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(model_dir)} {file_hash(f)}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -228,14 +227,14 @@ def style_report(base: Path, model_dir: Path, data: Path, cfg: FinetuneConfig, l
     prompts = [idx["captions"][i] for i in first]
     real = uint8_to_tensor(np.asarray(images[: len(prompts)]))  # (n, 3, H, W) in [-1, 1]
     out = {"style": style, "styles": len(probe.names), "prompts": len(prompts)}
-    runs = {"real": (None, before.clip.encode_image(real))}  # name: (prior's z_i, images' z_i[, own z_i decoded's])
+    runs = {"real": (None, before.clip.encode_image(real), None)}  # name: z_i of (the prior, its images, own-z_i images)
     for name, pipe in (("before", before), ("after", load_finetuned(base, model_dir))):
         r = pipe(prompts, 1, generator=torch.Generator().manual_seed(cfg.seed), upsample=False, output_type="pt")
         own = pipe.from_embeds(runs["real"][1], prompts, generator=torch.Generator().manual_seed(cfg.seed),
                                upsample=False, output_type="pt").images
         runs[name] = (r.image_embeds, pipe.clip.encode_image(r.images * 2 - 1), pipe.clip.encode_image(own * 2 - 1))
-    for name, (prior_z, image_z, *own_z) in runs.items():
-        for key, z in ((name, image_z), (f"{name}_prior", prior_z), (f"{name}_own", own_z[0] if own_z else None)):
+    for name, (prior_z, image_z, own_z) in runs.items():
+        for key, z in ((name, image_z), (f"{name}_prior", prior_z), (f"{name}_own", own_z)):
             if z is not None:
                 picked = probe(z)
                 out[key] = round(sum(p == style for p in picked) / len(picked), 3)

@@ -1,6 +1,7 @@
 """Atomic file writes: a crash or a full disk never leaves a half-written file under its final name."""
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -62,3 +63,12 @@ def _unlink(p) -> None:
         os.unlink(p)
     except FileNotFoundError:
         pass
+
+
+def file_hash(path: Path) -> str:
+    """The first 16 hex digits of the file's SHA-256, read in 1 MB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
