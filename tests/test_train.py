@@ -1,12 +1,13 @@
 """The shared trainer's guarantees, on a toy task (a linear model) so each check is exact and fast."""
 
 import json
+import math
 
 import pytest
 import torch
 import torch.nn as nn
 
-from unclip.train import NonFiniteLoss, TrainConfig, global_batch_indices, sample_generator, train
+from unclip.train import NonFiniteLoss, _lr_factor, TrainConfig, global_batch_indices, sample_generator, train
 from unclip.weights import load_safetensors
 
 
@@ -76,6 +77,21 @@ def test_training_lowers_the_loss_and_writes_metrics(tmp_path):
     losses = [l["loss"] for l in lines if "loss" in l]
     assert losses[-1] < losses[0] / 10
     assert out["best_heldout"] < 0.1 and task.exported
+
+
+def test_wsd_schedule_and_a_constant_run_switching_to_it(tmp_path):
+    cfg = _cfg(tmp_path, "w", max_steps=10, lr_schedule="wsd", decay_steps=4)
+    factors = [_lr_factor(s, cfg, warmup=2, start=0) for s in range(10)]
+    assert factors[:6] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]  # warm-up, then stable to max_steps - decay_steps
+    assert factors[6:] == pytest.approx([0.5 * (1 + math.cos(math.pi * d / 4)) for d in (0, 1, 2, 3)])
+    train(_cfg(tmp_path, "w", max_steps=6), task=ToyTask(), log=lambda m: None)  # constant, then resumed as wsd
+    train(_cfg(tmp_path, "w", max_steps=10, lr_schedule="wsd", decay_steps=4, resume=True), task=ToyTask(), log=lambda m: None)
+    lrs = [l["lr"] for l in map(json.loads, (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()) if "lr" in l]
+    assert lrs == pytest.approx([0.05 * f for f in factors])  # the optimizer's own state does not override it
+    with pytest.raises(ValueError, match="decay_steps <= max_steps"):
+        train(_cfg(tmp_path, "x", max_steps=10, lr_schedule="wsd"), task=ToyTask(), log=lambda m: None)
+    with pytest.raises(ValueError, match="lr_schedule must be"):
+        train(_cfg(tmp_path, "x", lr_schedule="linear"), task=ToyTask(), log=lambda m: None)
 
 
 def test_resume_equals_one_uninterrupted_run(tmp_path):

@@ -40,7 +40,8 @@ class TrainConfig:
     batch_size: int = 64  # global batch per optimizer step (all processes, all micro-batches)
     grad_accum: int = 1
     lr: float = 3e-4
-    lr_schedule: str = "constant"  # "constant" | "cosine" (to max_steps), after warm-up
+    lr_schedule: str = "constant"  # "constant" | "cosine" (to max_steps) | "wsd", after warm-up
+    decay_steps: int = 0  # "wsd" (warm-up, stable, decay): constant, then a cosine to 0 over the last decay_steps
     weight_decay: float = 0.01
     warmup_steps: int = 200
     resume_warmup_steps: int = 50  # warm-up when starting from weights without optimizer state
@@ -185,6 +186,10 @@ def _lr_factor(step: int, cfg: TrainConfig, warmup: int, start: int) -> float:
     w = (step - start + 1) / warmup if warmup and step - start < warmup else 1.0
     if cfg.lr_schedule == "cosine":
         w *= 0.5 * (1 + math.cos(math.pi * min(step / max(cfg.max_steps, 1), 1.0)))
+    elif cfg.lr_schedule == "wsd":  # a resumed run can switch to it: the decay starts at max_steps - decay_steps
+        done = step - (cfg.max_steps - cfg.decay_steps)
+        if done > 0:
+            w *= 0.5 * (1 + math.cos(math.pi * min(done / cfg.decay_steps, 1.0)))
     return w
 
 
@@ -196,6 +201,11 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
 
     if cfg.export not in ("best", "last"):
         raise ValueError(f"export must be 'best' or 'last', not {cfg.export!r}")
+    if cfg.lr_schedule not in ("constant", "cosine", "wsd"):
+        raise ValueError(f"lr_schedule must be 'constant', 'cosine' or 'wsd', not {cfg.lr_schedule!r}")
+    if cfg.lr_schedule == "wsd" and not 0 < cfg.decay_steps <= cfg.max_steps:
+        raise ValueError(f"the wsd schedule needs 0 < decay_steps <= max_steps, got decay_steps={cfg.decay_steps} "
+                         f"with max_steps={cfg.max_steps}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     mp = cfg.mixed_precision

@@ -19,7 +19,10 @@ def register(sub) -> None:
     t.add_argument("--batch-size", type=int, default=64, help="global batch per optimizer step")
     t.add_argument("--grad-accum", type=int, default=1)
     t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    t.add_argument("--lr-schedule", choices=("constant", "cosine", "wsd"), default="constant",
+                   help="after warm-up: constant; cosine to 0 at --max-steps; wsd: constant, then a cosine to 0 "
+                        "over the last --decay-steps (a resumed constant run can switch to it)")
+    t.add_argument("--decay-steps", type=int, default=0, help="the wsd schedule's decay length")
     t.add_argument("--warmup-steps", type=int, default=200)
     t.add_argument("--ema-decay", type=float, default=0.999)
     t.add_argument("--seed", type=int, default=0)
@@ -93,7 +96,7 @@ def _train(a) -> int:
                       batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr, warmup_steps=a.warmup_steps,
                       ema_decay=a.ema_decay, seed=a.seed, save_minutes=a.save_minutes, threads=a.threads,
                       mixed_precision=a.mixed_precision, resume=a.resume, init_from=a.init_from,
-                      lr_schedule=a.lr_schedule, eval_every=a.eval_every, fsdp=a.fsdp, compile=a.compile,
+                      lr_schedule=a.lr_schedule, decay_steps=a.decay_steps, eval_every=a.eval_every, fsdp=a.fsdp, compile=a.compile,
                       options=options,
                       lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, export=a.export, train_only=a.train_only or "")
     result = train(cfg)
