@@ -177,16 +177,22 @@ def test_guided_pca_probe_and_empty_prompt_from_the_cli(tiny_model_dir, built_da
     assert r.returncode == 2 and "the prompt is empty" in r.stderr
 
 
-def test_bench_generate_json(tiny_model_dir, capsys):
+def test_bench_generate_json(tiny_model_dir, capsys, monkeypatch):
+    import unclip.fastpath
+
+    tuned = []
+    monkeypatch.setattr(unclip.fastpath, "tune_malloc", lambda: tuned.append(1) or True)
     assert main(["bench", "generate", "--model", str(tiny_model_dir), "--num-images", "1", "--repeats", "1",
-                 "--samplers", "ddpm,dpm++", "--json"]) == 0
+                 "--samplers", "ddpm,dpm++", "--malloc", "default", "--json"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["malloc"] == "default" and tuned == []  # glibc's own malloc, as a plain script gets
     rows = {row["sampler"]: row for row in r["samplers"]}
     assert rows["ddpm"]["decoder_steps"] == 50 and rows["dpm++"]["decoder_steps"] <= 50 / 4
     assert rows["ddpm"]["time_vs_ddpm"] == 1.0 and rows["dpm++"]["seconds"] > 0 and r["peak_rss_mb"] > 0
     assert main(["bench", "generate", "--model", str(tiny_model_dir), "--num-images", "1", "--repeats", "1",
                  "--samplers", "dpm++", "--diffusers", "--precisions", "fp32,bf16", "--json"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["malloc"] == "tuned" and tuned == [1]  # as every unclip command
     d = r["vs_diffusers"]
     assert d["max_abs_diff"] < 1e-4 and d["ours_s"] > 0 and d["diffusers_s"] > 0 and d["steps"] == [25, 25, 7]
     assert d["bf16_max_abs_diff"] > d["max_abs_diff"] and d["ours_bf16_s"] > 0  # bf16: its own contestant

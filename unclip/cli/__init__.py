@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     from unclip.fastpath import tune_malloc
 
     args = build_parser().parse_args(argv)
-    tune_malloc()  # the command is its own process: keep activations' memory between UNet calls
+    if getattr(args, "malloc", "tuned") == "tuned":  # `bench generate --malloc default` measures without it
+        tune_malloc()  # the command is its own process: keep activations' memory between UNet calls
     try:
         return args.fn(args)
     except KeyboardInterrupt:

@@ -67,6 +67,10 @@ def register(sub) -> None:
     bg.add_argument("--diffusers", action="store_true", help="also time diffusers' UnCLIPPipeline on the same weights")
     bg.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16, fp16 (with --diffusers, bf16 "
                     "also races diffusers' fp32 as a third contestant)")
+    bg.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                    help="the process's glibc malloc: tuned as every unclip command runs (activations' memory kept "
+                         "between UNet calls, for both contestants), or glibc's default, as a plain Python script "
+                         "importing either library gets")
     bg.add_argument("--json", action="store_true")
     bg.set_defaults(fn=_bench_generate)
     bs = bench.add_parser("serve", help="a real server on loopback: concurrent clients, then a fuzz run")
@@ -168,6 +172,7 @@ def _bench_generate(a) -> int:
         torch.set_num_threads(a.threads)
     r = bench_generate(model, a.samplers.split(","), a.num_images, a.repeats, compare_diffusers=a.diffusers,
                        precisions=a.precisions.split(","))
+    r["malloc"] = a.malloc
     if a.json:
         print(json.dumps(r))
     else:
@@ -175,7 +180,7 @@ def _bench_generate(a) -> int:
             print(f"{row['sampler']:>6} {row['precision']} {row['prior_steps']:>3}/{row['decoder_steps']:>3}/{row['upsampler_steps']:>2} steps  "
                   f"{row['seconds']:7.2f} s  {row['seconds_per_image']:6.2f} s/image"
                   + (f"  ×{row['time_vs_ddpm']} of ddpm fp32" if row["time_vs_ddpm"] is not None else ""))
-        print(f"peak RSS {r['peak_rss_mb']} MB, {r['threads']} threads")
+        print(f"peak RSS {r['peak_rss_mb']} MB, {r['threads']} threads, {a.malloc} malloc")
         d = r["vs_diffusers"]
         if d:
             print(f"vs diffusers UnCLIPPipeline (same weights, DDPM {'/'.join(map(str, d['steps']))}): ours {d['ours_s']} s, "
