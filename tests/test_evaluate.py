@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,7 +37,7 @@ def test_precision_recall_and_diversity():
 def test_evaluate_end_to_end_with_a_convnext_judge(tiny_model_dir, built_dataset):
     import unclip
     from unclip.clip import CLIPConfig, LockedTextCLIP
-    from unclip.evaluate import evaluate
+    from unclip.evaluate import evaluate, paired
 
     torch.manual_seed(0)
     judge = LockedTextCLIP(CLIPConfig(image_tower="convnext", image_size=16, depths=(1, 1), hidden_sizes=(8, 16),
@@ -48,7 +49,38 @@ def test_evaluate_end_to_end_with_a_convnext_judge(tiny_model_dir, built_dataset
         assert m["prompts"] == 4 and m["fd"] >= 0 and m["fd_ci95"][0] <= m["fd_ci95"][1]
         assert all(0 <= m[k] <= 1 for k in ("precision", "recall", "top1", "top5", "top1_real", "top5_real"))
         assert m["top1"] <= m["top5"] and -1 <= m["clip_score"] <= 1
+        pp = m["per_prompt"]  # the summaries are the per-prompt values' means
+        rank = np.asarray(pp["concept_rank"])
+        assert len(pp["prompts"]) == 4 and rank.min() >= 1 and m["top5"] == (rank <= 5).mean()
+        assert m["clip_score"] == pytest.approx(np.mean(pp["clip_score"])) and m["concept_mrr"] == pytest.approx((1 / rank).mean())
     assert r["diversity"]["prompts"] == 2 and 0 <= r["diversity"]["generated"] <= 2
+    assert all(v["mean"] == 0 and v["ci95"] == [0, 0] for m in paired(r, r).values() for v in m.values())
+
+
+def test_paired_comparison_finds_a_small_shift_and_refuses_other_prompts():
+    from unclip.evaluate import paired
+
+    rng = np.random.default_rng(0)
+    spread = rng.normal(0.3, 0.1, 64)  # prompt-to-prompt spread 0.1, improvement 0.01 on every prompt
+    ranks = rng.integers(1, 50, 64)
+
+    def report(clip, rank, prompts=None, seed=0):
+        per = {"prompts": prompts or [f"p{i}" for i in range(64)], "clip_score": list(clip), "concept_rank": list(rank)}
+        return {"n": 64, "seed": seed, "splits": {"heldout_concepts": {"per_prompt": per}}}
+
+    base, better = report(spread, ranks), report(spread + 0.01, np.maximum(ranks - 1, 1))
+    d = paired(base, better)["heldout_concepts"]
+    assert d["clip_score"]["mean"] == pytest.approx(0.01) and d["clip_score"]["ci95"][0] > 0  # unpaired CIs overlap
+    assert d["concept_mrr"]["mean"] > 0 and d["concept_mrr"]["ci95"][0] > 0 and d["top5"]["mean"] >= 0
+    assert paired(better, base)["heldout_concepts"]["clip_score"]["ci95"][1] < 0
+    with pytest.raises(ValueError, match="different prompts"):
+        paired(base, report(spread, ranks, prompts=[f"q{i}" for i in range(64)]))
+    with pytest.raises(ValueError, match="other seeds"):
+        paired(base, report(spread, ranks, seed=1))
+    old = report(spread, ranks)
+    del old["splits"]["heldout_concepts"]["per_prompt"]
+    with pytest.raises(ValueError, match="no per-prompt results"):
+        paired(old, base)
 
 
 def test_tiling_score_sees_repetition():
@@ -141,6 +173,18 @@ def test_eval_from_the_cli_prints_both_splits(tiny_model_dir, built_dataset, tmp
     assert set(r["splits"]) == {"heldout_images", "heldout_concepts"} and r["generate"]["upsample"] is False
     assert r["reconstruction"]["images"] == 3 and 0 <= r["reconstruction"]["top1"] <= r["reconstruction"]["top5"] <= 1
     assert "images" not in r["splits"]["heldout_images"] and r["seconds_per_image"] > 0
+    (tmp_path / "base.json").write_text(json.dumps(r))
+    args = ["eval", "--model", str(tiny_model_dir), "--judge", str(tmp_path / "judge"), "--data", str(built_dataset),
+            "--n", "2", "--diversity-prompts", "0", "--prior-steps", "2", "--decoder-steps", "2", "--no-upsample",
+            "--reconstructions", "0", "--paired-with", str(tmp_path / "base.json")]
+    assert main(args) == 0  # the same model, prompts and seeds: every paired difference is exactly 0
+    assert "heldout_concepts  minus base.json, same prompts: clip_score +0.0000 [+0.0000, +0.0000]" in capsys.readouterr().out
+    assert main(args[:3] + ["--decoder-guidance", "1"] + args[3:] + ["--json"]) == 0
+    d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["paired_with"]["splits"]["heldout_images"]
+    assert d["clip_score"]["mean"] != 0 and d["clip_score"]["ci95"][0] <= d["clip_score"]["mean"] <= d["clip_score"]["ci95"][1]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert main(args[:-1] + [str(tmp_path / "bad.json")]) == 2
+    assert "not an `unclip eval --json` report" in capsys.readouterr().err
 
 
 def test_eval_applies_lora_adapters_and_refuses_a_missing_one(tiny_model_dir, tmp_path, capsys):

@@ -97,10 +97,15 @@ class JudgeView:
     def texts(self, captions: list[str]) -> torch.Tensor:
         return torch.cat([self.judge.encode_text(captions[i:i + 256]).text_embed for i in range(0, len(captions), 256)])
 
-    def retrieval(self, emb: torch.Tensor, concepts: list[str]) -> tuple[float, float]:
+    def ranks(self, emb: torch.Tensor, concepts: list[str]) -> torch.Tensor:
+        """(N, D) unit embeddings -> (N,) rank of each one's own concept among all concepts (1 = first)."""
         target = torch.tensor([self.concepts.index(c) for c in concepts])
-        top = (emb @ self.concept_embed.T).topk(5, dim=1).indices
-        return float((top[:, :1] == target[:, None]).any(1).float().mean()), float((top == target[:, None]).any(1).float().mean())
+        sims = emb @ self.concept_embed.T  # (N, K)
+        return (sims > sims.gather(1, target[:, None])).sum(1) + 1
+
+    def retrieval(self, emb: torch.Tensor, concepts: list[str]) -> tuple[float, float]:
+        r = self.ranks(emb, concepts)
+        return float((r <= 1).float().mean()), float((r <= 5).float().mean())
 
 
 SPLITS = ("heldout_images", "heldout_concepts")
@@ -162,13 +167,17 @@ def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, d
         fd = frechet_distance(f_real, f_fake)
         lo, hi = bootstrap_fd(f_real, f_fake)
         prec, rec = precision_recall(f_real, f_fake)
-        r1, r5 = view.retrieval(e_fake, concepts)
-        c1, c5 = view.retrieval(e_real_pick, concepts)
+        rank, rank_real = view.ranks(e_fake, concepts), view.ranks(e_real_pick, concepts)
+        clip_score = (e_fake * t).sum(-1)  # (N,)
         report["splits"][split] = {
             "prompts": len(prompts), "real_images": len(real_all), "fd": fd, "fd_ci95": [lo, hi],
             "precision": prec, "recall": rec,
-            "clip_score": float((e_fake * t).sum(-1).mean()), "clip_score_real": float((e_real_pick * t).sum(-1).mean()),
-            "top1": r1, "top5": r5, "top1_real": c1, "top5_real": c5,
+            "clip_score": float(clip_score.mean()), "clip_score_real": float((e_real_pick * t).sum(-1).mean()),
+            "top1": float((rank <= 1).float().mean()), "top5": float((rank <= 5).float().mean()),
+            "top1_real": float((rank_real <= 1).float().mean()), "top5_real": float((rank_real <= 5).float().mean()),
+            "concept_mrr": float((1 / rank).mean()), "concept_mrr_real": float((1 / rank_real).mean()),
+            # per prompt, in order, for a paired comparison of two models on the same prompts and seeds (`paired`)
+            "per_prompt": {"prompts": prompts, "clip_score": clip_score.tolist(), "concept_rank": rank.tolist()},
         }
         report["splits"][split]["images"] = fake  # kept for grids; dropped before JSON (see strip)
     report["seconds_per_image"] = seconds / max(made, 1)
@@ -248,6 +257,37 @@ def own_embeds_generate(pipe, data: Path, splits=SPLITS, **kw):
         return pipe.from_embeds(z_i, prompts, generator=generator, output_type="pt", **dec).images * 2 - 1
 
     return generate
+
+
+PAIRED = {"clip_score": lambda m: np.asarray(m["clip_score"]),
+          "concept_mrr": lambda m: 1 / np.asarray(m["concept_rank"], dtype=float),
+          "top5": lambda m: (np.asarray(m["concept_rank"]) <= 5).astype(float)}
+
+
+def paired(base: dict, new: dict, resamples: int = 2000, seed: int = 0) -> dict:
+    """Per split and metric, new minus base over the same prompts (and seeds): the mean difference and a
+    95% bootstrap interval over prompts. Pairing removes the prompt-to-prompt spread that two separate
+    confidence intervals carry, so it can tell two close models apart at a small n."""
+    if base.get("seed") != new.get("seed") or base.get("n") != new.get("n"):
+        raise ValueError(f"the reports were made with other seeds or n (seed {base.get('seed')} vs {new.get('seed')}, "
+                         f"n {base.get('n')} vs {new.get('n')}): a paired comparison needs the same prompts and noise")
+    rng, out = np.random.default_rng(seed), {}
+    for split, m in new["splits"].items():
+        if split not in base["splits"]:
+            continue
+        a, b = base["splits"][split].get("per_prompt"), m.get("per_prompt")
+        if a is None or b is None:
+            raise ValueError("a report has no per-prompt results (made before they were recorded): "
+                             "rerun `unclip eval --json` for it")
+        if a["prompts"] != b["prompts"]:
+            raise ValueError(f"{split}: the reports hold different prompts; use the same --n, --seed and data")
+        idx = rng.integers(0, len(b["prompts"]), size=(resamples, len(b["prompts"])))
+        out[split] = {}
+        for name, values in PAIRED.items():
+            d = values(b) - values(a)  # (N,)
+            boot = d[idx].mean(1)
+            out[split][name] = {"mean": float(d.mean()), "ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]}
+    return out
 
 
 def strip(report: dict) -> dict:

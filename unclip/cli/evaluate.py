@@ -38,6 +38,8 @@ def register(sub) -> None:
                     help="held-out images decoded from their own z_i: the decoder alone, without the prior (0: skip)")
     ev.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="a LoRA adapter applied first (repeatable)")
     add_precision(ev)
+    ev.add_argument("--paired-with", type=Path, metavar="BASE.json",
+                    help="also compare, prompt by prompt, with an earlier `eval --json` report of the same n and seed")
     ev.add_argument("--json", action="store_true")
 
     rp = judged_command("report", "evaluation + the paper's ablations -> OUT/report.md with plots and grids", _report, 16)
@@ -90,6 +92,14 @@ def _eval(a) -> int:
     from unclip.conditioning import load_clip_dir
     from unclip.evaluate import evaluate, strip
 
+    base = None
+    if a.paired_with is not None:
+        try:
+            base = json.loads(Path(a.paired_with).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--paired-with {a.paired_with}: not a readable `unclip eval --json` report ({e})") from e
+        if not isinstance(base, dict) or "splits" not in base:
+            raise ValueError(f"--paired-with {a.paired_with}: not an `unclip eval --json` report (no splits)")
     pipe, model = load_pipe(a)
     loras = apply_loras(pipe, a.lora)
     judge_dir = find_judge(a.judge)
@@ -116,13 +126,22 @@ def _eval(a) -> int:
     r["model"], r["judge"], r["inference_precision"], r["prior"] = str(model), str(judge_dir), a.precision, a.prior
     if loras:
         r["lora"] = loras
+    if base is not None:
+        from unclip.evaluate import paired
+
+        r["paired_with"] = {"report": str(a.paired_with), "model": base.get("model"), "splits": paired(base, r)}
     if a.json:
         print(json.dumps(r))
         return 0
     for split, m in r["splits"].items():
         print(f"{split:<17} FD {m['fd']:.3f} [{m['fd_ci95'][0]:.3f}, {m['fd_ci95'][1]:.3f}]  precision {m['precision']:.3f}  "
               f"recall {m['recall']:.3f}  CLIP score {m['clip_score']:.3f} (real {m['clip_score_real']:.3f})  "
-              f"top-1 {m['top1']:.3f} / top-5 {m['top5']:.3f} (real {m['top1_real']:.3f} / {m['top5_real']:.3f})")
+              f"top-1 {m['top1']:.3f} / top-5 {m['top5']:.3f} (real {m['top1_real']:.3f} / {m['top5_real']:.3f})  "
+              f"concept MRR {m['concept_mrr']:.3f} (real {m['concept_mrr_real']:.3f})")
+    if base is not None:
+        for split, m in r["paired_with"]["splits"].items():
+            print(f"{split:<17} minus {a.paired_with.name}, same prompts: " + ", ".join(
+                f"{k} {v['mean']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]" for k, v in m.items()))
     d = r.get("diversity")
     if d:
         print(f"diversity (1 - cos within a prompt): generated {d['generated']:.3f}, real within a concept {d['real']:.3f}")
