@@ -129,7 +129,43 @@ def test_uploads_oversized_bombs_and_non_images_are_refused(server):
     assert r.status_code == 422 and "pixel limit" in r.text and len(bomb) < 20_000
     r = vary(os.urandom(2 * 2**20))
     assert r.status_code == 413
+    strip = _png_bytes((4097, 8), mode="1")  # 33 kpx: under the pixel limit, over the side limit (4096)
+    r = vary(strip)
+    assert r.status_code == 422 and "side limit" in r.text
     assert httpx.get(server + "/healthz").json()["worker_alive"]
+
+
+def test_text_that_is_not_unicode_and_unknown_a1111_samplers_are_422(server):
+    body = json.dumps({**GEN, "prompt": "a \ud800 cat"})  # a lone surrogate, as a JSON escape
+    r = httpx.post(server + "/v1/generate", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "not valid Unicode" in r.text
+    r = httpx.post(server + "/sdapi/v1/txt2img", json={"prompt": "red heart", "sampler_name": "Euler a"})
+    assert r.status_code == 422 and "sampler_name: unknown 'Euler a'" in r.text
+    r = httpx.post(server + "/v1/interpolate", files={"image_a": ("a.png", _png_bytes(), "image/png")},
+                   data={"prompt_a": "cat", "prompt_b": "dog"})
+    assert r.status_code == 422 and "not both" in r.text
+
+
+def test_requests_from_other_web_origins_and_hosts_are_refused(server):
+    r = httpx.post(server + "/v1/generate", json=GEN, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and "cross-origin" in r.text
+    assert httpx.post(server + "/sdapi/v1/interrupt", headers={"Origin": "null"}).status_code == 403
+    r = httpx.post(server + "/v1/generate", json={**GEN, "prompt": ""}, headers={"Origin": server})
+    assert r.status_code == 422  # its own origin gets through (to the prompt check)
+    r = httpx.get(server + "/healthz", headers={"Host": "evil.example"})  # DNS rebinding onto loopback
+    assert r.status_code == 400 and "unexpected Host" in r.text
+    assert httpx.get(server.replace("127.0.0.1", "localhost") + "/healthz").status_code == 200
+
+
+def test_limits_must_be_positive():
+    from unclip.cli import build_parser
+    from unclip.serve.app import Limits
+
+    with pytest.raises(ValueError, match="max_queue=0"):
+        Limits(max_queue=0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--max-queue", "0"])
+    assert build_parser().parse_args(["serve", "--max-upload-mb", "0.5"]).max_upload_mb == 0.5
 
 
 def test_cancel_and_queue_full_is_429_with_retry_after(server):
@@ -143,6 +179,12 @@ def test_cancel_and_queue_full_is_429_with_retry_after(server):
         codes.append(jobs[-1].status_code)
     full = next(j for j in jobs if j.status_code == 429)
     assert int(full.headers["retry-after"]) >= 1 and "queue is full" in full.text
+    accepted = [j.json() for j in jobs if j.status_code == 202]
+    queued = [j for j in accepted if httpx.get(f"{server}/v1/jobs/{j['id']}").json()["status"] == "queued"]
+    assert queued and httpx.delete(f"{server}/v1/jobs/{queued[0]['id']}").json()["status"] == "cancelled"
+    again = httpx.post(server + "/v1/generate", json=long)  # the cancelled job's slot is free at once
+    assert again.status_code == 202, again.text
+    jobs.append(again)
     for j in jobs:
         if j.status_code == 202:
             assert httpx.delete(f"{server}/v1/jobs/{j.json()['id']}").json()["id"] == j.json()["id"]
@@ -163,6 +205,8 @@ def test_api_key(tiny_model_dir):
         assert httpx.post(url + "/v1/generate", json=GEN).status_code == 401
         assert httpx.post(url + "/v1/generate", json=GEN, headers={"X-API-Key": "wrong"}).status_code == 401
         assert httpx.get(url + "/v1/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        both = {"Authorization": "Bearer s3cret", "X-API-Key": "wrong"}  # either header may carry the key
+        assert httpx.get(url + "/v1/info", headers=both).status_code == 200
         r = httpx.post(url + "/v1/generate", json=GEN, headers={"X-API-Key": "s3cret"})
         assert r.status_code == 202
         assert httpx.get(f"{url}/v1/jobs/{r.json()['id']}").status_code == 401

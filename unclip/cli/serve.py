@@ -1,9 +1,20 @@
 """`unclip serve`."""
 
+import argparse
 import sys
 from pathlib import Path
 
 from unclip.cli.common import add_precision
+
+
+def _positive(kind):
+    def parse(text: str):
+        v = kind(text)
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def register(sub) -> None:
@@ -12,11 +23,11 @@ def register(sub) -> None:
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--api-key", help="require this key (default: $UNCLIP_API_KEY; none: open)")
-    sv.add_argument("--max-queue", type=int, default=8, help="jobs waiting before requests get 429")
-    sv.add_argument("--max-images", type=int, default=8, help="images per request")
-    sv.add_argument("--max-steps", type=int, default=100, help="steps per stage per request")
-    sv.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body")
-    sv.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest uploaded image (width × height)")
+    sv.add_argument("--max-queue", type=_positive(int), default=8, help="jobs waiting before requests get 429")
+    sv.add_argument("--max-images", type=_positive(int), default=8, help="images per request")
+    sv.add_argument("--max-steps", type=_positive(int), default=100, help="steps per stage per request")
+    sv.add_argument("--max-upload-mb", type=_positive(float), default=8.0, help="largest request body")
+    sv.add_argument("--max-pixels", type=_positive(int), default=4096 * 4096, help="largest uploaded image (width × height)")
     sv.add_argument("--threads", type=int, default=0)
     add_precision(sv)
     sv.set_defaults(fn=_serve)

@@ -15,5 +15,7 @@ def serve(model_dir=None, host: str = "127.0.0.1", port: int = 8000, api_key: st
         raise FileNotFoundError("no shipped model in this installation; pass --model DIR")
     if threads:
         torch.set_num_threads(threads)
-    app = create_app(UnCLIPPipeline.from_pretrained(model_dir).set_precision(precision), model_dir, limits, api_key)
+    loopback = ("127.0.0.1", "localhost", "::1")
+    app = create_app(UnCLIPPipeline.from_pretrained(model_dir).set_precision(precision), model_dir, limits, api_key,
+                     allowed_hosts=loopback if host in loopback else None)  # loopback: no DNS rebinding
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5, limit_concurrency=256)

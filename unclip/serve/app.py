@@ -7,11 +7,15 @@ AUTOMATIC1111-compatible: POST /sdapi/v1/txt2img (waits, answers base64 PNGs),
 GET /sdapi/v1/progress, POST /sdapi/v1/interrupt, GET /sdapi/v1/samplers.
 Also GET /healthz, GET /v1/info, GET / (the page), /docs (OpenAPI).
 
-Limits: queue full -> 429 with Retry-After; caps on images, steps, frames, prompt length and
-resolution -> 422 naming the field; bodies over the upload limit -> 413; images over the pixel
-limit or unreadable -> 422 (the size is checked before decoding); with an API key set, every /v1
-and /sdapi route needs `Authorization: Bearer KEY` or `X-API-Key: KEY` (401). No route reads a
-path from the request.
+Limits: queue full -> 429 with Retry-After (checked before an upload is decoded; cancelled jobs
+leave the queue at once); caps on images, steps, frames, prompt length and resolution -> 422
+naming the field; bodies over the upload limit -> 413, or 408 when not sent within
+`body_timeout_s`; images over the pixel or side limit or unreadable -> 422 (the size is checked
+before decoding, which runs off the event loop; accepted images are shrunk to `max_resolution`
+at once); with an API key set, every /v1 and /sdapi route needs `Authorization: Bearer KEY` or
+`X-API-Key: KEY` (401). POST/DELETE from another web origin (a browser's `Origin` header naming
+another host) -> 403, and a server bound to loopback answers only loopback `Host` names (400), so a
+web page the user visits can neither queue nor cancel jobs. No route reads a path from the request.
 """
 
 import base64
@@ -40,8 +44,15 @@ class Limits:
     max_prompt_chars: int = 400
     max_upload_bytes: int = 8 * 2**20
     max_pixels: int = 4096 * 4096
-    max_resolution: int = 1024  # A1111 width/height accepted (the model draws at its own size)
+    max_side: int = 4096  # an uploaded image's longer side (a 65536 x 256 strip passes the pixel limit)
+    max_resolution: int = 1024  # A1111 width/height accepted (the model draws at its own size); uploads shrink to it
     sync_timeout_s: float = 600.0  # how long /sdapi/v1/txt2img waits
+    body_timeout_s: float = 60.0  # how long a client may take to send its request body
+
+    def __post_init__(self):
+        bad = [f"{k}={v}" for k, v in asdict(self).items() if not v > 0]
+        if bad:
+            raise ValueError(f"server limits must be positive: {', '.join(bad)}")
 
 
 class GenerateRequest(BaseModel):
@@ -80,7 +91,9 @@ def _fail(field: str, message: str):
     raise HTTPException(422, detail=f"{field}: {message}")
 
 
-def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None, api_key: str | None = None) -> FastAPI:
+def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None, api_key: str | None = None,
+               allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
+    """allowed_hosts: the `Host` names answered (None: any; `serve` passes the loopback names when bound to loopback)."""
     from unclip.models import model_hash
     from unclip.sampling import DEFAULT_STEPS
 
@@ -90,22 +103,33 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
              "image_size": (pipe.upsampler.config.sample_size if pipe.upsampler is not None
                             else pipe.decoder.config.sample_size)}
     app = FastAPI(title="unclip", version="1", description=__doc__)
-    app.add_middleware(BodyLimit, limit=limits.max_upload_bytes + 64 * 1024)
+    app.add_middleware(BodyLimit, limit=limits.max_upload_bytes + 64 * 1024, timeout=limits.body_timeout_s)
+    app.add_middleware(SameOrigin, allowed_hosts=allowed_hosts)
     app.state.worker, app.state.limits = worker, limits
 
     def auth(request: Request) -> None:
         if not api_key:
             return
-        given = request.headers.get("x-api-key") or ""
+        # headers arrive decoded as latin-1: back to their bytes, to compare with the key's UTF-8
+        given = [request.headers.get("x-api-key") or ""]
         bearer = request.headers.get("authorization", "")
         if bearer.lower().startswith("bearer "):
-            given = given or bearer[7:].strip()
-        if not secrets.compare_digest(given.encode(), api_key.encode()):
+            given.append(bearer[7:].strip())
+        key = api_key.encode()
+        if not any([secrets.compare_digest(g.encode("latin-1", "replace"), key) for g in given]):  # each compared
             raise HTTPException(401, detail="missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
     # -- checks -------------------------------------------------------------------------------
+    def check_text(field: str, text: str) -> str:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a JSON escape: it could not be written back
+            _fail(field, "is not valid Unicode text (a lone surrogate)")
+        return text
+
     def check_prompt(field: str, prompt: str) -> str:
+        check_text(field, prompt)
         if not prompt.strip():
             _fail(field, "must not be empty")
         if len(prompt) > limits.max_prompt_chars:
@@ -124,16 +148,38 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         if s not in SAMPLERS:
             _fail("sampler", f"unknown {s!r}; samplers: {', '.join(SAMPLERS)}")
 
-    async def read_image(field: str, upload: UploadFile):
+    def decode(data: bytes):
+        """Decode, check the sides, and shrink to max_resolution: a job keeps only the small copy."""
+        from PIL import Image
+
         from unclip.data.render import CorruptImage, open_raster
 
+        im = open_raster(data, limits.max_pixels)
+        if max(im.size) > limits.max_side:
+            raise CorruptImage(f"{im.width}x{im.height} is over the side limit of {limits.max_side} px")
+        if max(im.size) > limits.max_resolution:
+            im = im.convert("RGBA" if "A" in im.getbands() or im.mode in ("P", "1", "L") else "RGB")
+            im.thumbnail((limits.max_resolution, limits.max_resolution), Image.Resampling.LANCZOS)
+        return im
+
+    async def read_image(field: str, upload: UploadFile):
+        import anyio
+
+        from unclip.data.render import CorruptImage
+
+        queue_full()  # before any decoding: a full server answers 429 at once
         data = await upload.read()
         if not data:
             _fail(field, "empty file")
         try:
-            return open_raster(data, limits.max_pixels)
+            return await anyio.to_thread.run_sync(decode, data)  # off the event loop
         except CorruptImage as e:
             _fail(field, str(e))
+
+    def queue_full() -> None:
+        if worker.queued() >= limits.max_queue:
+            raise HTTPException(429, detail=f"the queue is full ({limits.max_queue} jobs); retry later",
+                                headers={"Retry-After": str(_retry_after(worker))})
 
     def seed_of(seed: int | None) -> int:
         if seed is None or seed < 0:
@@ -223,6 +269,8 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         check_int("frames", frames, 2, limits.max_frames)
         check_int("decoder_steps", decoder_steps, 1, limits.max_steps)
         two_images = image_a is not None and image_b is not None
+        if (image_a is not None or image_b is not None) and (prompt_a is not None or prompt_b is not None):
+            _fail("image_a", "give two images or two prompts, not both")
         decoder_guidance_scale = pipe.default_decoder_guidance(decoder_guidance_scale, inverted=two_images)
         check_float("decoder_guidance_scale", decoder_guidance_scale, 0, 100)
         if two_images:
@@ -304,10 +352,14 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
 
     # -- AUTOMATIC1111 compatibility ----------------------------------------------------------
     @app.post("/sdapi/v1/txt2img", dependencies=[Depends(auth)])
-    async def txt2img(req: Txt2ImgRequest):
+    async def txt2img(req: Txt2ImgRequest, request: Request):
         import anyio
 
         n = req.batch_size * req.n_iter
+        check_text("negative_prompt", req.negative_prompt)
+        if req.sampler_name is not None and req.sampler_name not in A1111_SAMPLERS:
+            _fail("sampler_name", f"unknown {check_text('sampler_name', req.sampler_name)!r}; "
+                                  f"samplers: {', '.join(A1111_SAMPLERS)}")
         check_int("batch_size", req.batch_size, 1, limits.max_images)
         check_int("n_iter", req.n_iter, 1, limits.max_images)
         check_int("batch_size * n_iter", n, 1, limits.max_images)
@@ -315,15 +367,20 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         check_int("width", req.width, 1, limits.max_resolution)
         check_int("height", req.height, 1, limits.max_resolution)
         check_float("cfg_scale", req.cfg_scale, 0, 100)
-        sampler = A1111_SAMPLERS.get(req.sampler_name or "DDIM", "ddim")
+        sampler = A1111_SAMPLERS[req.sampler_name or "DDIM"]
         job = enqueue(generate_job(GenerateRequest(prompt=req.prompt, num_images=n, seed=req.seed, sampler=sampler,
                                                    decoder_steps=req.steps, decoder_guidance_scale=req.cfg_scale)))
-        finished = await anyio.to_thread.run_sync(job.done.wait, limits.sync_timeout_s)
-        if not finished:
-            worker.cancel(job)
-            raise HTTPException(503, detail="timed out waiting for the model", headers={"Retry-After": "30"})
-        if job.status != "done":
-            raise HTTPException(409 if job.status == "cancelled" else 422, detail=f"job {job.status}: {job.error or ''}")
+        deadline = time.monotonic() + limits.sync_timeout_s
+        while not job.done.is_set():  # polled on the event loop: a waiting client holds no thread
+            if await request.is_disconnected():
+                worker.cancel(job)  # nobody will read the result
+                raise HTTPException(499, detail="client disconnected")
+            if time.monotonic() > deadline:
+                worker.cancel(job)
+                raise HTTPException(503, detail="timed out waiting for the model", headers={"Retry-After": "30"})
+            await anyio.sleep(0.05)
+        if job.status != "done":  # cancelled by someone else: 409; failed in the model: a server fault
+            raise HTTPException(409 if job.status == "cancelled" else 500, detail=f"job {job.status}: {job.error or ''}")
         info = {**job.parameters, "all_seeds": [job.parameters["seed"]] * n, "width": model["image_size"],
                 "height": model["image_size"], "sampler_name": req.sampler_name or "DDIM", "job_id": job.id,
                 "negative_prompt_ignored": bool(req.negative_prompt)}
@@ -365,11 +422,36 @@ def _retry_after(worker: Worker) -> int:
     return max(1, int((eta or 5) + 5 * worker.queued()))
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes is answered 413 before the app sees it."""
+class SameOrigin:
+    """ASGI middleware: refuse state-changing requests from other web origins (CSRF) and, bound to
+    loopback, any `Host` but a loopback name (DNS rebinding). Clients that send no `Origin` (curl,
+    scripts) are not affected; the page's own requests carry its own origin."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, allowed_hosts: tuple[str, ...] | None = None):
+        self.app, self.allowed_hosts = app, allowed_hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from urllib.parse import urlsplit
+
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if self.allowed_hosts is not None and (urlsplit(f"//{host}").hostname or "") not in self.allowed_hosts:
+            return await _plain(send, 400, f"unexpected Host {host[:64]!r}; this server answers {', '.join(self.allowed_hosts)}")
+        origin = headers.get(b"origin")
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS") and origin is not None:
+            if urlsplit(origin.decode("latin-1")).netloc.lower() != host.lower():
+                return await _plain(send, 403, "cross-origin request refused: call the API from its own page or without a browser")
+        return await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is answered 413, and one not received within
+    `timeout` seconds 408, before the app sees it."""
+
+    def __init__(self, app, limit: int, timeout: float = 60.0):
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -380,16 +462,21 @@ class BodyLimit:
                 return await _plain(send, 400, "invalid Content-Length")
             if int(length) > self.limit:
                 return await _plain(send, 413, f"request body over {self.limit} bytes")
-        body, more = b"", True
-        while more:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            body += msg.get("body", b"")
-            more = msg.get("more_body", False)
-            if len(body) > self.limit:
-                return await _plain(send, 413, f"request body over {self.limit} bytes")
-        replayed = False
+        import anyio
+
+        buf, more = bytearray(), True
+        with anyio.move_on_after(self.timeout) as scope_:
+            while more:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return
+                buf += msg.get("body", b"")
+                more = msg.get("more_body", False)
+                if len(buf) > self.limit:
+                    return await _plain(send, 413, f"request body over {self.limit} bytes")
+        if scope_.cancelled_caught:
+            return await _plain(send, 408, f"request body not received within {self.timeout:g} s")
+        body, replayed = bytes(buf), False
 
         async def replay():
             nonlocal replayed

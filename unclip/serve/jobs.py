@@ -94,8 +94,15 @@ class Worker:
         return next((i for i, j in enumerate(waiting) if j is job), None)
 
     def cancel(self, job: Job) -> None:
-        job.cancel_requested = True
-        if job.status == "queued":
+        """A queued job leaves the queue at once (its slot is free); a running one stops at its next step."""
+        with self.lock:  # the worker takes a job off the queue and marks it running under the same lock
+            job.cancel_requested = True
+            if job.status != "queued":
+                return
+            with self.queue.mutex:
+                if job in self.queue.queue:
+                    self.queue.queue.remove(job)
+                    self.queue.not_full.notify()
             job.status = "cancelled"
             job.finished = time.time()
             job.done.set()
@@ -109,9 +116,10 @@ class Worker:
 
         while True:
             job = self.queue.get()
-            if job.status == "cancelled":
-                continue
-            self.current, job.status, job.started = job, "running", time.time()
+            with self.lock:
+                if job.status == "cancelled":
+                    continue
+                self.current, job.status, job.started = job, "running", time.time()
 
             def hook(stage, step, steps, job=job):
                 if job.cancel_requested:
