@@ -134,8 +134,9 @@ class Decoder(nn.Module):
         spacing: DDIM's timestep spacing ("leading" to decode an inverted x_T, see `invert`); `noise`:
         the N(0, I) draw (B, 3, S, S) that `start` turns into x_T, e.g. one shared by interpolation frames.
         """
-        from unclip.sampling import make_scheduler, sample
+        from unclip.sampling import check_steps, make_scheduler, sample
 
+        check_steps(sampler, steps=steps)  # before the scheduler or `start` sees the count
         denoise = self.guided_denoiser(image_embeds, text, empty, guidance_scale)
         sched = make_scheduler(sampler, "epsilon", 1.0 if clip_denoised else None,
                                learned_variance=self.config.learned_variance, spacing=spacing)
@@ -167,10 +168,14 @@ class Decoder(nn.Module):
             raise ValueError(f"noise must have shape {(b, 3, s, s)}, got {tuple(x.shape)}")
         if self.config.dc_mean is None or not self.mean_start:
             return x, 1.0
-        sched.set_timesteps(steps)
+        from unclip.sampling import set_timesteps
+
         ac = sched.alphas_cumprod
-        keep = int(sum(float(ac[int(t)]) >= min_alpha_bar for t in sched.timesteps))
-        a = ac[int(sched.timesteps[steps - keep])].float()
+        timesteps = set_timesteps(sched, steps)
+        keep = int(sum(float(ac[int(t)]) >= min_alpha_bar for t in timesteps))
+        if keep < 2 or float(ac[int(timesteps[steps - keep])]) > 0.5:  # too few steps left to draw from the mean
+            return x, 1.0  # (e.g. 1 DDIM step, or DDPM's 2 at t = 999, 0): the standard start
+        a = ac[int(timesteps[steps - keep])].float()
         mu = torch.tensor(self.config.dc_mean, dtype=x.dtype)[None, :, None, None]
         return a.sqrt() * mu + (1 - a).sqrt() * (x - x.mean((2, 3), keepdim=True)), keep / steps
 

@@ -206,6 +206,16 @@ class UnCLIPPipeline:
         (the shipped model: 15.8 dB with clipping, 21.0 dB without; 55.3 dB with 4 fixed-point iterations)."""
         if clip_denoised is None:
             clip_denoised = latents is None
+        if latents is not None and sampler != "ddim":
+            raise ValueError(f"an inverted x_T (latents) decodes with the ddim sampler it was inverted for, not {sampler!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', not {output_type!r}")
+        if not isinstance(caption, str) and len(caption) != len(image_embeds):
+            raise ValueError(f"{len(caption)} captions for {len(image_embeds)} image embeddings: give one each, or one string")
+        if latents is not None and len(latents) != len(image_embeds):
+            raise ValueError(f"{len(latents)} latents for {len(image_embeds)} image embeddings")
         decoder_guidance_scale = self.default_decoder_guidance(decoder_guidance_scale, inverted=latents is not None)
         check_ranges(decoder_steps=decoder_steps, upsampler_steps=upsampler_steps,
                      decoder_guidance_scale=decoder_guidance_scale, eta=eta)
@@ -220,14 +230,28 @@ class UnCLIPPipeline:
             images = self.upsampler.sample(images, steps=upsampler_steps, sampler=sampler, generator=generator)
         return UnCLIPOutput(to_output(images, output_type), image_embeds)
 
+    def _inversion_kwargs(self, kwargs: dict, decoder_steps: int) -> dict:
+        """What `invert` must share with the decoding of its x_T: steps, guidance and caption (a
+        sampler other than DDIM is refused: the inversion is DDIM's)."""
+        if kwargs.get("sampler", "ddim") != "ddim":
+            raise ValueError(f"variations, interpolations and edits sample with ddim, not {kwargs['sampler']!r}")
+        kwargs.pop("sampler", None)
+        guidance = self.default_decoder_guidance(kwargs.get("decoder_guidance_scale"), inverted=True)
+        caption = kwargs.get("caption", "")
+        if not isinstance(caption, str):
+            raise ValueError("caption must be one string here (the inversion and every frame share it)")
+        return {"steps": decoder_steps, "guidance_scale": guidance, "caption": caption}
+
     def variations(self, image, num_images: int = 4, *, eta: float = 1.0, use_inversion: bool = False,
                    decoder_steps: int = 25, **kwargs) -> UnCLIPOutput:
         """New images with the same z_i. DDIM η trades fidelity for variety; with use_inversion the
-        starting noise is the image's own x_T, so η = 0 reconstructs it."""
+        starting noise is the image's own x_T (inverted at the decoding's guidance and caption), so
+        η = 0 reconstructs it."""
+        inv = self._inversion_kwargs(kwargs, decoder_steps)
         z_i = self.encode_image(image)
         latents = None
         if use_inversion:
-            z_i, x_T = self.invert(image, steps=decoder_steps, image_embeds=z_i)
+            z_i, x_T = self.invert(image, image_embeds=z_i, **inv)
             latents = x_T.repeat_interleave(num_images, 0)
         return self.from_embeds(z_i.repeat_interleave(num_images, 0), latents=latents, eta=eta,
                                 decoder_steps=decoder_steps, sampler="ddim", **kwargs)
@@ -235,6 +259,9 @@ class UnCLIPPipeline:
     def interpolate(self, a, b, frames: int = 8, *, invert: bool = True, decoder_steps: int = 25,
                     **kwargs) -> UnCLIPOutput:
         """slerp between two images' z_i (and their inverted x_T) or two prompts' prior z_i."""
+        if frames < 2:
+            raise ValueError(f"frames must be at least 2, got {frames}")
+        inv = self._inversion_kwargs(kwargs, decoder_steps)
         if isinstance(a, str) and isinstance(b, str):
             text, empty = self.encode_prompt([a, b])
             gen = kwargs.get("generator")
@@ -243,7 +270,7 @@ class UnCLIPPipeline:
             # one shared start noise keeps the layout steady along the path (shaped by the decoder's start)
             noise = self.decoder.shared_noise(frames, gen) if invert else None
         else:
-            (z_a, x_a), (z_b, x_b) = ((self.invert(im, steps=decoder_steps) if invert else (self.encode_image(im), None))
+            (z_a, x_a), (z_b, x_b) = ((self.invert(im, **inv) if invert else (self.encode_image(im), None))
                                       for im in (a, b))
             noise = None
         ts = torch.linspace(0, 1, frames)
@@ -256,9 +283,15 @@ class UnCLIPPipeline:
         """Language-guided edit: slerp z_i towards z_d = normalize(z_t(to) - z_t(from)) by each θ,
         with x_T fixed from the image's inversion. The edit lives in z_i alone: the decoder's caption is
         "" in the inversion and in every frame, so θ = 0 redraws the image."""
-        z_i, x_T = self.invert(image, steps=decoder_steps)
+        thetas = list(thetas)
+        if not thetas:
+            raise ValueError("thetas must hold at least one value")
         text, _ = self.encode_prompt([from_caption, to_caption])
-        z_d = torch.nn.functional.normalize(text.text_embed[1:] - text.text_embed[:1], dim=-1)
+        diff = text.text_embed[1:] - text.text_embed[:1]
+        if float(diff.norm()) < 1e-6:
+            raise ValueError(f"{from_caption!r} and {to_caption!r} encode to the same z_t: there is no direction to edit along")
+        z_i, x_T = self.invert(image, **self._inversion_kwargs(kwargs, decoder_steps))
+        z_d = torch.nn.functional.normalize(diff, dim=-1)
         norm = z_i.norm(dim=-1, keepdim=True)
         z = torch.cat([slerp(z_i / norm, z_d, float(t)) * norm for t in thetas])
         return self.from_embeds(z, latents=x_T.repeat(len(thetas), 1, 1, 1), decoder_steps=decoder_steps, sampler="ddim",
@@ -299,6 +332,8 @@ class UnCLIPPipeline:
                      prior_guidance_scale=prior_guidance_scale, decoder_guidance_scale=decoder_guidance_scale, eta=eta)
         check_steps(sampler, decoder_steps=decoder_steps, **({"prior_steps": prior_steps} if prior == "diffusion" else {}),
                     **({"upsampler_steps": upsampler_steps} if upsample and self.upsampler is not None else {}))
+        if upsampler_strength is not None and not 0 < upsampler_strength <= 1:  # before any stage runs
+            raise ValueError(f"upsampler_strength must be in (0, 1], got {upsampler_strength}")
         text, empty = self.encode_prompt(prompts)
         text = text.repeat(num_images_per_prompt)
         z_i = self.sample_image_embeds(text, empty, steps=prior_steps, guidance_scale=prior_guidance_scale,

@@ -72,6 +72,20 @@ def make_scheduler(sampler: str, prediction_type: str = "epsilon", clip_range: f
     raise ValueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
 
 
+def _ddim_step(scheduler, out, t, x, eta, generator, last: bool) -> torch.Tensor:
+    """DDIMScheduler.step, whose last step lands on ᾱ = 1 for every step count: diffusers steps to
+    t - T // steps, which for counts that do not divide T (7, 24, 60, ...) ends at t = 0 or above
+    (ᾱ < 1: a little noise left in the image, 0.03 at most against a perfect ε, measured); one
+    inference step as far as the scheduler knows sends the last point below 0, to its final ᾱ."""
+    n = scheduler.num_inference_steps
+    if last:
+        scheduler.num_inference_steps = 1  # prev = t - T < 0: the final alpha (set_alpha_to_one)
+    try:
+        return scheduler.step(out, t, x, eta=eta, generator=generator).prev_sample
+    finally:
+        scheduler.num_inference_steps = n
+
+
 def _clip_x0(out, x, alpha_bar, prediction_type: str, r: float):
     """The model output with its implied x0 clipped to ±r, in the same prediction space."""
     if prediction_type == "sample":
@@ -109,6 +123,27 @@ def check_steps(sampler: str, **steps: int) -> None:
             raise ValueError(f"{name} must be at least {least}{' with the ddpm sampler' if least == 2 else ''}, got {n}")
 
 
+def set_timesteps(scheduler, steps: int) -> torch.Tensor:
+    """scheduler.set_timesteps(steps), with diffusers' "trailing" spacing mended: its
+    np.arange(T, 0, -T/steps) gives steps + 1 points, the last t = -1 (ᾱ wraps to ᾱ_999 ≈ 2e-9 and the
+    image is destroyed), for 62 step counts in 1..1000 (61, 103, 121, ...). Those get the intended
+    points, round(T - i·T/steps) - 1 for i < steps."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler.set_timesteps(steps)
+    ts = scheduler.timesteps
+    if len(ts) != steps or int(ts.min()) < 0:
+        import numpy as np
+
+        T = scheduler.config.num_train_timesteps
+        fixed = (np.round(T - np.arange(steps) * T / steps) - 1).astype(np.int64)  # descending, 0 <= t <= T - 1
+        if isinstance(scheduler, DPMSolverMultistepScheduler):
+            scheduler.set_timesteps(timesteps=fixed.tolist())
+        else:  # DDIM steps from t to t - T // steps: the last point reaches ᾱ = 1 as for other counts
+            scheduler.timesteps = torch.from_numpy(fixed)
+    return scheduler.timesteps
+
+
 def truncated_timesteps(scheduler, steps: int, strength: float = 1.0) -> torch.Tensor:
     """set_timesteps(steps), then keep the last round(steps·strength) of them (img2img-style: a run that
     starts from a noised image instead of pure noise), telling the scheduler where it begins."""
@@ -117,7 +152,7 @@ def truncated_timesteps(scheduler, steps: int, strength: float = 1.0) -> torch.T
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     check_steps("ddpm" if isinstance(scheduler, UnCLIPScheduler) else "", steps=steps)
-    scheduler.set_timesteps(steps)
+    set_timesteps(scheduler, steps)
     start = steps - max(1, min(steps, round(steps * strength)))
     if start and hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
@@ -141,7 +176,7 @@ def sample(denoise, x: torch.Tensor, scheduler, steps: int, generator: torch.Gen
         if isinstance(scheduler, DPMSolverMultistepScheduler) and getattr(scheduler, "x0_clip_range", None):
             out = _clip_x0(out, x, scheduler.alphas_cumprod[t], scheduler.config.prediction_type, scheduler.x0_clip_range)
         if isinstance(scheduler, DDIMScheduler):
-            x = scheduler.step(out, t, x, eta=eta, generator=generator).prev_sample
+            x = _ddim_step(scheduler, out, t, x, eta, generator, last=i + 1 == len(timesteps))
         elif isinstance(scheduler, UnCLIPScheduler):
             prev = timesteps[i + 1] if i + 1 < len(timesteps) else None
             x = scheduler.step(out, t, x, prev_timestep=prev, generator=generator).prev_sample
