@@ -14,12 +14,12 @@ from unclip.weights import load_safetensors
 class ToyTask:
     """y = x @ w_true + noise drawn from the per-sample generators (exercises the keyed randomness)."""
 
-    def __init__(self, n=64, poison_from=None):
+    def __init__(self, n=64, poison_from=None, poison_grad=False):
         torch.manual_seed(0)
         self.model = nn.Linear(4, 1)
         self.x = torch.randn(n, 4)
         self.y = self.x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
-        self.poison_from = poison_from
+        self.poison_from, self.poison_grad, self.calls = poison_from, poison_grad, 0  # poison from the Nth batch on
         self.exported = []
 
     def __len__(self):
@@ -27,12 +27,20 @@ class ToyTask:
 
     def batch(self, indices, gens, device):
         noise = torch.stack([0.01 * torch.randn(1, generator=g) for g in gens])
-        return {"x": self.x[indices], "y": self.y[indices] + noise, "poison": self.poison_from}
+        poison = self.poison_from is not None and self.calls >= self.poison_from
+        self.calls += 1
+        return {"x": self.x[indices], "y": self.y[indices] + noise, "poison": poison and ("grad" if self.poison_grad else "loss")}
 
     @staticmethod
     def loss(model, batch):
-        loss = (model(batch["x"]) - batch["y"]).pow(2).mean()
-        if batch["poison"] is not None:
+        x = batch["x"]
+        if batch["poison"] == "grad":  # a finite loss whose gradient is NaN
+            w = model.weight * 1.0
+            w.register_hook(lambda g: g * float("nan"))
+            loss = (x @ w.T + model.bias - batch["y"]).pow(2).mean()
+        else:
+            loss = (model(x) - batch["y"]).pow(2).mean()
+        if batch["poison"] == "loss":
             loss = loss * float("nan")
         return loss, {"mse": loss.detach()}
 
@@ -131,10 +139,51 @@ def test_init_from_weights_when_no_checkpoint(tmp_path):
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
-    with pytest.raises(NonFiniteLoss, match="3 non-finite losses in a row"):
+    with pytest.raises(NonFiniteLoss, match="3 non-finite losses or gradients in a row"):
         train(_cfg(tmp_path, "nan", max_steps=10, max_bad_steps=3), task=ToyTask(poison_from=0), log=lambda m: None)
     lines = (tmp_path / "nan" / "metrics.jsonl").read_text()
     assert lines.count("non-finite") == 3
+
+
+def test_non_finite_gradients_are_skipped_and_a_skipped_last_step_still_saves(tmp_path):
+    train(_cfg(tmp_path, "g", max_steps=6, max_bad_steps=3), task=ToyTask(poison_from=4, poison_grad=True), log=lambda m: None)
+    lines = [json.loads(l) for l in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if l.get("skipped") == "non-finite gradient"] == [4, 5]
+    state = json.loads((tmp_path / "g" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 6  # the final checkpoint, although the final step was skipped
+    ema = load_safetensors(tmp_path / "g" / "checkpoint" / "ema.safetensors")
+    assert all(torch.isfinite(v).all() for v in [*_weights(tmp_path / "g").values(), *ema.values()])
+
+
+def test_a_run_resumes_only_with_its_own_settings_and_warm_up(tmp_path):
+    from unclip.weights import save_safetensors
+
+    train(_cfg(tmp_path, "r", max_steps=2), task=ToyTask(), log=lambda m: None)
+    with pytest.raises(ValueError, match="already holds a checkpoint: pass --resume"):
+        train(_cfg(tmp_path, "r", max_steps=4), task=ToyTask(), log=lambda m: None)  # a forgotten --resume
+    with pytest.raises(ValueError, match="belongs to another run .seed 0 -> 1"):
+        train(_cfg(tmp_path, "r", max_steps=4, seed=1, resume=True), task=ToyTask(), log=lambda m: None)
+    (tmp_path / "w").mkdir()
+    save_safetensors(ToyTask().model.state_dict(), tmp_path / "w" / "w.safetensors")
+    with pytest.raises(ValueError, match="init_from None ->"):
+        train(_cfg(tmp_path, "r", max_steps=4, resume=True, init_from=tmp_path / "w"), task=ToyTask(), log=lambda m: None)
+    # an --init-from run warms up over resume_warmup_steps, before and after a resume
+    kw = dict(init_from=tmp_path / "w", resume_warmup_steps=10, warmup_steps=200, resume=True)
+    train(_cfg(tmp_path, "i", max_steps=3, **kw), task=ToyTask(), log=lambda m: None)
+    train(_cfg(tmp_path, "i", max_steps=6, **kw), task=ToyTask(), log=lambda m: None)
+    lrs = [l["lr"] for l in map(json.loads, (tmp_path / "i" / "metrics.jsonl").read_text().splitlines()) if "lr" in l]
+    assert lrs == pytest.approx([0.05 * (s + 1) / 10 for s in range(6)])
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"grad_accum": 0}, "grad_accum=0"), ({"max_steps": 0}, "max_steps=0"), ({"lr": -1e-3}, "lr=-0.001"),
+    ({"ema_decay": 1.0}, "ema_decay must be in"), ({"decay_steps": 5}, "add --lr-schedule wsd"),
+    ({"lora_rank": 4, "train_only": "weight"}, "--train-only with --lora-rank"),
+])
+def test_settings_out_of_range_are_refused_before_any_work(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        train(_cfg(tmp_path, "v", **kw), task=ToyTask(), log=lambda m: None)
+    assert not (tmp_path / "v").exists()
 
 
 def test_bad_batch_size_is_a_clear_error(tmp_path):

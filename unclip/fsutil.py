@@ -23,6 +23,7 @@ def atomic_path(path: Path):
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a plain open() would honour the umask
     try:
         yield Path(tmp)
+        _fsync(tmp)  # the bytes on disk before the name points at them (a power loss leaves no empty file)
         os.replace(tmp, path)
     except OSError as e:
         _unlink(tmp)
@@ -32,6 +33,14 @@ def atomic_path(path: Path):
     except BaseException:
         _unlink(tmp)
         raise
+
+
+def _fsync(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -163,12 +163,28 @@ def save_checkpoint(run: Path, weights: dict, ema_weights: dict, ema_updates: in
     state = {"step": step, "ema_updates": ema_updates, "optimizer": opt_meta, "config": _jsonable(asdict(cfg)),
              "torch_rng": torch.get_rng_state().tolist(), **extra}
     (tmp / "state.json").write_text(json.dumps(state))
-    final, old = run / "checkpoint", run / ".checkpoint.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
+    _swap_in(tmp, run / "checkpoint")
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Rename a complete directory over `final`, keeping the previous one as .NAME.old until the new one
+    is in place (find_checkpoint falls back to it after a crash between the renames)."""
+    old = final.parent / f".{final.name}.old"
+    if final.exists():  # an .old left by a crash is the only copy while `final` is missing: keep it then
+        shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def export_atomic(task, model, final: Path) -> None:
+    """task.export into a fresh directory, swapped in whole: a crash never leaves a new decoder beside an
+    old text_proj."""
+    tmp = final.parent / f".{final.name}-{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    task.export(model, tmp)
+    _swap_in(tmp, final)
 
 
 def find_checkpoint(run: Path) -> Path | None:
@@ -193,12 +209,45 @@ def _lr_factor(step: int, cfg: TrainConfig, warmup: int, start: int) -> float:
     return w
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Every setting in range, before any work (a zero or negative value would crash late or loop)."""
+    positive = {"max_steps": cfg.max_steps, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+                "save_minutes": cfg.save_minutes, "log_every": cfg.log_every, "max_bad_steps": cfg.max_bad_steps}
+    bad = [f"{k}={v}" for k, v in positive.items() if not v > 0]
+    bad += [f"{k}={v}" for k, v in {"lr": cfg.lr, "warmup_steps": cfg.warmup_steps, "eval_every": cfg.eval_every,
+                                    "save_every": cfg.save_every, "grad_clip": cfg.grad_clip}.items() if not v >= 0]
+    if bad:
+        raise ValueError(f"training settings out of range (steps, sizes and intervals positive; lr, warm-up and "
+                         f"clipping not negative): {', '.join(bad)}")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    if cfg.decay_steps and cfg.lr_schedule != "wsd":
+        raise ValueError(f"decay_steps is the wsd schedule's; add --lr-schedule wsd (the schedule is {cfg.lr_schedule!r})")
+    if cfg.lora_rank and cfg.train_only:
+        raise ValueError("--train-only with --lora-rank would train base weights that the LoRA export leaves out; use one")
+
+
+def _check_resume(state: dict, cfg: TrainConfig, run: Path) -> None:
+    """A resumed run must be the same run: what fixes its data order, model and trainable set is unchanged."""
+    rec, now = state.get("config", {}), _jsonable(asdict(cfg))
+    changed = [f"{k} {rec[k]!r} -> {now[k]!r}" for k in ("seed", "batch_size", "preset", "lora_rank", "train_only")
+               if k in rec and rec[k] != now[k]]
+    if "init_from" in rec:
+        was, given = (None if v is None else Path(v).resolve() for v in (rec["init_from"], cfg.init_from))
+        if was != given:  # the model's own settings (guidance, mean colour, ...) came from there
+            changed.append(f"init_from {rec['init_from']!r} -> {None if cfg.init_from is None else str(cfg.init_from)!r}")
+    if changed:
+        raise ValueError(f"the checkpoint in {run} belongs to another run ({'; '.join(changed)}); resume it with its own "
+                         "settings, or use another --out")
+
+
 def train(cfg: TrainConfig, task=None, log=None) -> dict:
     """Run (or continue) training; returns the final metrics record."""
     from accelerate import Accelerator
 
     from unclip.stages import make_task
 
+    check_config(cfg)
     if cfg.export not in ("best", "last"):
         raise ValueError(f"export must be 'best' or 'last', not {cfg.export!r}")
     if cfg.lr_schedule not in ("constant", "cosine", "wsd"):
@@ -229,20 +278,28 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
             names = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
             raise ValueError(f"--train-only {cfg.train_only!r} matches no parameter; top-level names: {', '.join(names)}")
     ckpt = find_checkpoint(run) if cfg.resume else None
+    if not cfg.resume and find_checkpoint(run) is not None:  # a forgotten --resume would overwrite the run
+        raise ValueError(f"{run} already holds a checkpoint: pass --resume to continue it, or another --out "
+                         "(delete the directory to start over)")
     log(f"training {cfg.stage} ({cfg.preset}) on {world} process(es), {acc.device}, mixed precision {mp}"
         + (", FSDP" if cfg.fsdp and world > 1 else ""))
     start, warmup, ema_updates, state = 0, cfg.warmup_steps, 0, {}
     fingerprint = task.fingerprint() if hasattr(task, "fingerprint") else None
     if ckpt is not None:
         state = json.loads((ckpt / "state.json").read_text())
+        _check_resume(state, cfg, run)
         if state.get("fingerprint") != fingerprint:
             raise ValueError(f"the checkpoint in {run} was trained on other inputs ({state.get('fingerprint')}, now "
                              f"{fingerprint}: e.g. a different CLIP stage); use another --out or delete it")
         model.load_state_dict(load_safetensors(ckpt / "model.safetensors"))
         start, ema_updates = state["step"], state["ema_updates"]
+        warmup = state.get("warmup", warmup)  # an --init-from run warms up over resume_warmup_steps, resumed or not
         if hasattr(task, "restore_state"):
             task.restore_state(state)
         log(f"resuming {run} at step {start}")
+        if cfg.lr_schedule == "wsd" and cfg.max_steps - cfg.decay_steps < start:
+            log(f"warning: the wsd decay starts at step {cfg.max_steps - cfg.decay_steps}, before this resume at {start}: "
+                "the learning rate jumps to the middle of its decay")
     elif cfg.init_from:
         task.load_weights(Path(cfg.init_from))
         warmup = cfg.resume_warmup_steps
@@ -284,6 +341,7 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
         opt = acc.prepare(opt)
     else:
         wrapped, opt = acc.prepare(wrapped, opt)
+        ema.shadow = {k: v.to(acc.device) for k, v in ema.shadow.items()}  # beside the weights prepare moved
     device = acc.device
     n = len(task)
     local = cfg.batch_size // world
@@ -292,7 +350,8 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
     metrics_path = run / "metrics.jsonl"
     best = state.get("best_heldout")
     stop = {"flag": False}
-    old_handler = signal.signal(signal.SIGTERM, lambda *a: stop.__setitem__("flag", True)) if acc.is_main_process else None
+    # every process: launchers send SIGTERM to all ranks, and the flag is agreed on across them
+    old_handler = signal.signal(signal.SIGTERM, lambda *a: stop.__setitem__("flag", True))
 
     from unclip.sharding import full_state
 
@@ -306,13 +365,17 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
         optimizer = _optimizer_tensors(opt)
         h = evaluate(ema_full)
         if acc.is_main_process:
+            for name, tensors in (("weights", weights), ("EMA", ema_full)):
+                if not all(torch.isfinite(v).all() for v in tensors.values() if v.dtype.is_floating_point):
+                    raise NonFiniteLoss(f"non-finite {name} at step {step}: not saved over the last good checkpoint "
+                                        f"in {run}; lower --lr and resume from it")
             improved = best is None or h < best
             best = h if improved else best
+            if improved or cfg.export == "last":  # before the checkpoint that records this best
+                export_atomic(task, ema.copy_to(task.eval_model(), ema_full), run / "model")
             save_checkpoint(run, weights, ema_full, ema.updates, optimizer, step, cfg,
-                            {"best_heldout": best, "heldout": h, "fingerprint": fingerprint,
+                            {"best_heldout": best, "heldout": h, "fingerprint": fingerprint, "warmup": warmup,
                              **(task.checkpoint_state() if hasattr(task, "checkpoint_state") else {})})
-            if improved or cfg.export == "last":
-                task.export(ema.copy_to(task.eval_model(), ema_full), run / "model")
             if hasattr(task, "preview"):  # a picture of where training stands, at every checkpoint
                 task.preview(ema.copy_to(task.eval_model(), ema_full), run / "previews" / f"step{step:07d}.png")
             _append(metrics_path, {"step": step, "heldout_loss": h, "best_heldout": best,
@@ -345,24 +408,32 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
                 logs_sum[k] = logs_sum.get(k, 0.0) + float(v) * len(pos) / local
         finite = torch.tensor([math.isfinite(loss_total)], device=device, dtype=torch.float32)
         finite = acc.reduce(finite, reduction="mean") if world > 1 else finite
-        if finite.item() < 1.0:
-            opt.zero_grad(set_to_none=True)
+        grad_norm, what = None, "loss"
+        if finite.item() == 1.0:
+            grad_norm = acc.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip) if cfg.grad_clip else None
+            if grad_norm is not None and hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()
+            what = "gradient"  # gradients are reduced across processes already: every rank sees the same norm
+        done = step + 1
+        if finite.item() < 1.0 or (grad_norm is not None and not math.isfinite(float(grad_norm))):
+            opt.zero_grad(set_to_none=True)  # the weights and the EMA stay as they were
             bad += 1
-            _append(metrics_path, {"step": step, "skipped": "non-finite loss"}) if acc.is_main_process else None
-            log(f"step {step}: non-finite loss, skipped ({bad} in a row)")
+            _append(metrics_path, {"step": step, "skipped": f"non-finite {what}"}) if acc.is_main_process else None
+            log(f"step {step}: non-finite {what}, skipped ({bad} in a row)")
             if bad >= cfg.max_bad_steps:
-                raise NonFiniteLoss(f"{bad} non-finite losses in a row at step {step}; stopping. Lower --lr, "
-                                    f"check the data, or resume from the last checkpoint in {run}")
+                raise NonFiniteLoss(f"{bad} non-finite losses or gradients in a row at step {step}; stopping. Lower "
+                                    f"--lr, check the data, or resume from the last checkpoint in {run}")
+            if _broadcast_flag(acc, stop["flag"]) or done == cfg.max_steps:  # still saved when stopping or at the end
+                checkpoint(done)
+                if done < cfg.max_steps:
+                    log(f"stopped by SIGTERM at step {done}; checkpoint saved")
+                    break
             continue
         bad = 0
-        grad_norm = acc.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip) if cfg.grad_clip else None
-        if grad_norm is not None and hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.update(acc.unwrap_model(wrapped).model)
         samples_log += cfg.batch_size
-        done = step + 1
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             if world > 1:  # log the global batch's loss, not this rank's share
                 vals = acc.reduce(torch.tensor([loss_total, *logs_sum.values()], device=device), reduction="mean")
