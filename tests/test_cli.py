@@ -112,6 +112,31 @@ def test_assemble_copies_stage_exports_and_names_what_is_missing(tiny_model_dir,
 
     with pytest.raises(FileNotFoundError, match="is not a upsampler export: missing super_res_first"):
         assemble(tmp_path / "m2", upsampler=tmp_path / "m")
+    with pytest.raises(ValueError, match="source is the destination itself"):
+        assemble(out, decoder=out)
+    assert pipe.decoder is not None and (out / "decoder").is_dir()  # left as it was
+    (out / "clip_pca.safetensors").write_bytes(b"stale")  # a PCA of another CLIP's z_i
+    assemble(out, clip=tiny_model_dir)
+    pca = tiny_model_dir / "clip_pca.safetensors"
+    assert ((out / "clip_pca.safetensors").read_bytes() == pca.read_bytes()) if pca.exists() else not (out / "clip_pca.safetensors").exists()
+
+
+def test_model_hash_covers_every_byte_and_the_configs(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from unclip.models import model_hash
+
+    m = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    h = model_hash(m)
+    f = m / "decoder" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 1  # one bit of the last tensor, far past the header
+    f.write_bytes(bytes(data))
+    h2 = model_hash(m)
+    cfg = m / "decoder_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "guidance_scale": 1.5}))
+    assert len({h, h2, model_hash(m)}) == 3
 
 
 def test_vary_invert_interpolate_edit_from_the_cli(tiny_model_dir, tmp_path):

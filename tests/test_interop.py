@@ -104,6 +104,28 @@ def test_export_refuses_what_diffusers_cannot_hold(tiny_model_dir, tmp_path):
     pipe.upsampler = None
     with pytest.raises(ValueError, match="needs an upsampler"):
         export_diffusers(pipe, tmp_path / "x")
+    from unclip.lora import add_lora
+
+    pipe = unclip.load(tiny_model_dir)
+    add_lora(pipe.decoder, "decoder", rank=2)
+    with pytest.raises(ValueError, match="decoder has LoRA adapters loaded"):
+        export_diffusers(pipe, tmp_path / "x")
+
+
+def test_export_leaves_the_pipeline_as_it_was_and_names_the_output_size(tiny_model_dir, tmp_path):
+    from unclip.interop import export_diffusers
+
+    pipe = unclip.load(tiny_model_dir)
+    length = pipe.clip.text_tower.tokenizer.model_max_length
+    out = export_diffusers(pipe, tmp_path / "e")
+    assert pipe.clip.text_tower.tokenizer.model_max_length == length  # the export's copy was cut, not ours
+    size = pipe.decoder.config.sample_size * pipe.upsampler.config.factor
+    for name in ("super_res_first", "super_res_last"):
+        assert json.loads((out / name / "config.json").read_text())["sample_size"] == size
+    f = out / "super_res_first" / "config.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "sample_size": pipe.decoder.config.sample_size * 3 // 2}))
+    with pytest.raises(ValueError, match="not a multiple of the decoder's"):
+        unclip.load(out)
 
 
 def test_export_and_generate_from_the_cli(tiny_model_dir, karlo_dir, tmp_path):

@@ -18,6 +18,7 @@ transformers `PreTrainedModel` defined here (the locked MiniLM + our projection,
 imported: `import unclip.interop; UnCLIPPipeline.from_pretrained(OUT)`.
 """
 
+import copy
 import json
 from pathlib import Path
 
@@ -119,7 +120,10 @@ def load_diffusers(path: Path):
     if "super_res_first" in present:
         first = load(UNet2DModel, "super_res_first")
         last = load(UNet2DModel, "super_res_last") if "super_res_last" in present else None
-        parts["upsampler"] = Upsampler.wrap(first, last, factor=first.config.sample_size // parts["decoder"].config.sample_size)
+        low, high = parts["decoder"].config.sample_size, first.config.sample_size
+        if high % low or high <= low:
+            raise ValueError(f"{path}: super_res_first renders {high} px, not a multiple of the decoder's {low} px")
+        parts["upsampler"] = Upsampler.wrap(first, last, factor=high // low)
     return UnCLIPPipeline(**parts, name=path.name)
 
 
@@ -184,6 +188,12 @@ def export_diffusers(pipe, out: Path) -> Path:
                          + " and ".join(n for n in ("prior", "decoder") if getattr(pipe, n) is None))
     if pipe.upsampler is None:
         raise ValueError("diffusers' UnCLIPPipeline needs an upsampler (super_res_first/last); this model has none")
+    adapted = [n for n in ("prior", "decoder", "upsampler") if getattr(pipe, n) is not None
+               and any("lora_" in k or ".base_layer." in k for k in getattr(pipe, n).state_dict())]
+    if adapted:
+        raise ValueError(f"the {', '.join(adapted)} has LoRA adapters loaded, which diffusers' layout has no place for "
+                         "(their weights would be left out, and diffusers would fill them at random): export the "
+                         "base model, or a merged fine-tune (`unclip finetune` without --lora-rank)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tower = pipe.clip.text_tower
@@ -192,7 +202,7 @@ def export_diffusers(pipe, out: Path) -> Path:
     text.bert.load_state_dict({k: v for k, v in tower.model.state_dict().items() if not k.startswith("pooler.")})
     text.text_projection.load_state_dict(pipe.clip.text_proj.state_dict())
     text.save_pretrained(out / "text_encoder", safe_serialization=True)
-    tok = tower.tokenizer
+    tok = copy.deepcopy(tower.tokenizer)  # the live pipeline's tokenizer keeps its own length
     tok.model_max_length = pipe.prior.config.num_embeddings  # diffusers pads every caption to this
     tok.save_pretrained(out / "tokenizer")
     save_diffusers(pipe.prior.transformer, out / "prior", half=False)
@@ -200,6 +210,10 @@ def export_diffusers(pipe, out: Path) -> Path:
     save_diffusers(pipe.decoder.text_proj, out / "text_proj", half=False)
     save_diffusers(pipe.upsampler.unet, out / "super_res_first", half=False)
     save_diffusers(pipe.upsampler.last_unet or pipe.upsampler.unet, out / "super_res_last", half=False)
+    size = pipe.decoder.config.sample_size * pipe.upsampler.config.factor  # diffusers renders the UNets' sample_size
+    for name in ("super_res_first", "super_res_last"):  # (ours was trained on crops: its config may name their size)
+        f = out / name / "config.json"
+        f.write_text(json.dumps({**json.loads(f.read_text()), "sample_size": size}, indent=2))
     schedulers = {"prior_scheduler": UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample",
                                                      clip_sample=True, clip_sample_range=5.0),
                   "decoder_scheduler": UnCLIPScheduler(variance_type="learned_range" if pipe.decoder.config.learned_variance

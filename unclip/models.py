@@ -12,7 +12,7 @@ def default_model_dir() -> Path | None:
 
 
 STAGE_FILES = {
-    "clip": ["clip.safetensors", "clip_config.json"],
+    "clip": ["clip.safetensors", "clip_config.json"],  # (+ clip_pca.safetensors when the source has it)
     "prior": ["prior", "prior_config.json"],
     "decoder": ["decoder", "text_proj", "decoder_config.json"],
     "upsampler": ["super_res_first", "super_res_first_config.json"],
@@ -32,10 +32,18 @@ def assemble(out: Path, **stage_dirs: Path | None) -> Path:
         if stage not in STAGE_FILES:
             raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_FILES)}")
         src = Path(src).expanduser()
+        if src.resolve() == out.resolve():
+            raise ValueError(f"assemble: the {stage} source is the destination itself ({out}); nothing to copy")
         missing = [f for f in STAGE_FILES[stage] if not (src / f).exists()]
         if missing:
             raise FileNotFoundError(f"{src} is not a {stage} export: missing {', '.join(missing)}")
-        for f in STAGE_FILES[stage]:
+        files = list(STAGE_FILES[stage])
+        if stage == "clip":  # a PCA of the old CLIP's z_i would describe another space: the new one's, or none
+            files.append("clip_pca.safetensors")
+            if not (src / "clip_pca.safetensors").exists():
+                (out / "clip_pca.safetensors").unlink(missing_ok=True)
+                files.pop()
+        for f in files:
             s, d = src / f, out / f
             if s.is_dir():
                 shutil.rmtree(d, ignore_errors=True)
@@ -46,13 +54,15 @@ def assemble(out: Path, **stage_dirs: Path | None) -> Path:
 
 
 def model_hash(path: Path) -> str:
-    """A short hash of every weights file in a model directory (recorded in generated PNGs)."""
+    """A short hash of a model directory's weights and configs, whole files (recorded in generated PNGs;
+    ~0.1 s for the shipped 50 MB): any changed tensor or setting (guidance, mean colour) changes it."""
     import hashlib
 
+    from unclip.fsutil import file_hash
+
+    path = Path(path)
     h = hashlib.sha256()
-    for f in sorted(Path(path).rglob("*.safetensors")):
+    for f in sorted([*path.rglob("*.safetensors"), *path.rglob("*.json")]):
         h.update(f.relative_to(path).as_posix().encode())
-        h.update(str(f.stat().st_size).encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(1 << 16))  # head and size: fast, and changes whenever the weights do
+        h.update(file_hash(f).encode())
     return h.hexdigest()[:12]
