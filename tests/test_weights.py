@@ -31,3 +31,27 @@ def test_atomic_writes_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644  # readable by others, like any model file
+
+
+def test_a_folder_config_that_disagrees_or_extra_tensors_are_errors_naming_them(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    import unclip
+
+    m = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    cfg = m / "decoder" / "config.json"
+    c = json.loads(cfg.read_text())
+    heads = c["attention_head_dim"]
+    cfg.write_text(json.dumps({**c, "attention_head_dim": heads * 2 if isinstance(heads, int) else [h * 2 for h in heads]}))
+    with pytest.raises(ValueError, match="attention_head_dim"):  # same tensor shapes, other heads
+        unclip.load(m)
+    cfg.write_text(json.dumps(c))
+    f = m / "prior" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(f))
+    save_file({**tensors, "transformer_blocks.99.attn1.to_q.weight": next(iter(tensors.values())).clone()}, str(f))
+    with pytest.raises(ValueError, match="not in the model: transformer_blocks.99"):
+        unclip.load(m)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unclip.conditioning import ConditionedTask
-from unclip.weights import load_diffusers_module, save_diffusers
+from unclip.weights import check_same_config, load_diffusers_module, save_diffusers
 
 
 @dataclass
@@ -238,6 +238,8 @@ class Decoder(nn.Module):
 
         unet = load_diffusers_module(UNet2DConditionModel, Path(directory) / "decoder")
         proj = load_diffusers_module(UnCLIPTextProjModel, Path(directory) / "text_proj")
+        check_same_config(unet, self.unet, Path(directory) / "decoder")
+        check_same_config(proj, self.text_proj, Path(directory) / "text_proj")
         self.unet.load_state_dict({k: v.float() for k, v in unet.state_dict().items()})
         self.text_proj.load_state_dict({k: v.float() for k, v in proj.state_dict().items()})
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from unclip.conditioning import ConditionedTask
-from unclip.weights import load_diffusers_module, save_diffusers
+from unclip.weights import check_same_config, load_diffusers_module, save_diffusers
 
 
 @dataclass
@@ -112,6 +112,7 @@ class Prior(nn.Module):
         from diffusers import PriorTransformer
 
         t = load_diffusers_module(PriorTransformer, Path(directory) / "prior")
+        check_same_config(t, self.transformer, Path(directory) / "prior")
         self.transformer.load_state_dict({k: v.float() for k, v in t.state_dict().items()})
 
 

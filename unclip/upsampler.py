@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from unclip.weights import load_diffusers_module, save_diffusers
+from unclip.weights import check_same_config, load_diffusers_module, save_diffusers
 
 
 @dataclass
@@ -107,6 +107,7 @@ class Upsampler(nn.Module):
         from diffusers import UNet2DModel
 
         unet = load_diffusers_module(UNet2DModel, Path(directory) / name)
+        check_same_config(unet, self.unet, Path(directory) / name, ignore=("sample_size",))  # trained on crops
         self.unet.load_state_dict({k: v.float() for k, v in unet.state_dict().items()})
 
 

@@ -1,5 +1,7 @@
 """Weights on disk: safetensors only, never pickle; clear errors for anything else."""
 
+import json
+import re
 from pathlib import Path
 
 import torch
@@ -52,6 +54,20 @@ def save_diffusers(module, directory: Path, half: bool = True) -> None:
     (out.half() if half else out.float()).save_pretrained(Path(directory), safe_serialization=True)
 
 
+def check_same_config(loaded, built, folder: Path, ignore=()) -> None:
+    """A module read from `folder` (its config.json) must be the one our config builds: equal shapes can
+    hide other settings (heads x head size, activations), which loading the weights would not notice."""
+    def plain(module):
+        c = {k: v for k, v in dict(module.config).items() if not k.startswith("_") and k not in ignore}
+        return json.loads(json.dumps(c, default=list))
+
+    a, b = plain(loaded), plain(built)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diff:
+        raise ValueError(f"{folder}/config.json does not describe the model its *_config.json builds: "
+                         + "; ".join(f"{k} {a.get(k)!r} there, {b.get(k)!r} here" for k in diff[:5]))
+
+
 def load_diffusers_module(cls, folder: Path):
     """`cls.from_pretrained(folder)` (a diffusers or transformers model), safetensors only, and every
     tensor accounted for: diffusers fills missing tensors with random values and only warns, so the
@@ -65,8 +81,9 @@ def load_diffusers_module(cls, folder: Path):
         raise FileNotFoundError(f"no safetensors weights in {folder}")
     try:
         model = cls.from_pretrained(folder, use_safetensors=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{folder}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError, RuntimeError) as e:  # the whole message: transformers names the tensors after line 1
+        msg = " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(f"{folder}: {msg[:800]}{' ...' if len(msg) > 800 else ''}") from None
     stored = {}
     for f in files:
         with safe_open(str(f), "pt") as fh:
@@ -74,8 +91,12 @@ def load_diffusers_module(cls, folder: Path):
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(stored))
     shapes = sorted(k for k in set(expected) & set(stored) if expected[k] != stored[k])
-    if missing or shapes:
+    ignored = [re.compile(p) for p in (getattr(cls, "_keys_to_ignore_on_load_unexpected", None) or [])]
+    extra = sorted(k for k in set(stored) - set(expected)  # e.g. layers the config does not describe
+                   if not k.endswith("position_ids") and not any(p.search(k) for p in ignored))
+    if missing or shapes or extra:
         what = [f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"] if missing else []
         what += [f"shape of {k}: {stored[k]} in the file, {expected[k]} in the model" for k in shapes[:5]]
+        what += [f"not in the model: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}"] if extra else []
         raise ValueError(f"{folder} does not match its config: " + "; ".join(what))
     return model.float().eval()
