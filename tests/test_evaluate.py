@@ -55,6 +55,30 @@ def test_evaluate_end_to_end_with_a_convnext_judge(tiny_model_dir, built_dataset
         assert m["clip_score"] == pytest.approx(np.mean(pp["clip_score"])) and m["concept_mrr"] == pytest.approx((1 / rank).mean())
     assert r["diversity"]["prompts"] == 2 and 0 <= r["diversity"]["generated"] <= 2
     assert all(v["mean"] == 0 and v["ci95"] == [0, 0] for m in paired(r, r).values() for v in m.values())
+    for m in r["splits"].values():  # the leak-free subset is the flagged prompts' numbers
+        flags = np.asarray(m["per_prompt"]["leak_free"])
+        assert m["leak_free"]["prompts"] == flags.sum()
+        if flags.any():
+            assert m["leak_free"]["top5"] == (np.asarray(m["per_prompt"]["concept_rank"])[flags] <= 5).mean()
+
+
+def test_leak_free_flags_near_copies_and_gender_or_direction_twins(monkeypatch):
+    import unclip.embed
+    from unclip.evaluate import _twin_label, leak_free
+
+    assert _twin_label("woman teacher") == _twin_label("teacher") == _twin_label("man teacher")
+    assert _twin_label("woman running: facing right") == _twin_label("person running")
+    assert _twin_label("dragon face") != _twin_label("dragon") and _twin_label("manatee") != _twin_label("mantis")
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    held = np.stack([train[0] // 2 + train[0] // 2, rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), train[2]])
+    packs = {"train": (train, {"concepts": ["a", "b", "c"], "concept_labels": ["teacher", "cat", "dog"]}),
+             "heldout_images": (held, {"concepts": ["a", "b", "x"], "concept_labels": ["teacher", "cat", "owl"]}),
+             "heldout_concepts": (held, {"concepts": ["t", "u", "v"], "concept_labels": ["woman teacher", "owl", "cat face"]})}
+    monkeypatch.setattr(unclip.embed, "image_pack", lambda data, split: packs[split])
+    # a near copy of its concept's training image; a new picture; a copy of another concept's image (allowed)
+    assert leak_free(None, "heldout_images", np.arange(3)).tolist() == [False, True, True]
+    assert leak_free(None, "heldout_concepts", np.arange(3)).tolist() == [False, True, True]
 
 
 def test_paired_comparison_finds_a_small_shift_and_refuses_other_prompts():

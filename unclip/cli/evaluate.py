@@ -138,6 +138,11 @@ def _eval(a) -> int:
               f"recall {m['recall']:.3f}  CLIP score {m['clip_score']:.3f} (real {m['clip_score_real']:.3f})  "
               f"top-1 {m['top1']:.3f} / top-5 {m['top5']:.3f} (real {m['top1_real']:.3f} / {m['top5_real']:.3f})  "
               f"concept MRR {m['concept_mrr']:.3f} (real {m['concept_mrr_real']:.3f})")
+        c = m.get("leak_free")
+        if c and c["prompts"]:
+            print(f"{'':<17} leak-free prompts only ({c['prompts']} of {m['prompts']}: no near copy or gender/direction twin "
+                  f"in training): CLIP score {c['clip_score']:.3f} (real {c['clip_score_real']:.3f})  top-5 {c['top5']:.3f} "
+                  f"(real {c['top5_real']:.3f})  concept MRR {c['concept_mrr']:.3f} (real {c['concept_mrr_real']:.3f})")
     if base is not None:
         for split, m in r["paired_with"]["splits"].items():
             print(f"{split:<17} minus {a.paired_with.name}, same prompts: " + ", ".join(
