@@ -67,7 +67,7 @@ def test_sidecar_txt_and_metadata_csv(tmp_path, capsys):
     b = tmp_path / "b"
     b.mkdir()
     (b / "x.png").write_bytes(_emoji_bytes("1f355.png"))
-    (b / "metadata.csv").write_text('file_name,text\nx.png,"pizza, flat"\n')
+    (b / "metadata.csv").write_text('\ufefffile_name,text\nx.png,"pizza, flat"\n', encoding="utf-8")  # as Excel saves it
     assert main(["data", "import", str(b), "--out", str(tmp_path / "ob"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["images"] == 1
 

@@ -86,7 +86,8 @@ def build(cfg: BuildConfig, log=print) -> dict:
     db = EmojiDB.from_packages(tarballs[(meta["emojibase"]["package"], meta["emojibase"]["version"])], openmoji)
 
     parts = [_render_source(s, tarballs[(s.package, s.version)], db, cfg, out) for s in sources]
-    manifest = _write_shards(sources, parts, db, cfg, out, build_id, log)
+    manifest_path.unlink(missing_ok=True)  # shards are rewritten under their names: an interrupted run must
+    manifest = _write_shards(sources, parts, db, cfg, out, build_id, log)  # not look "up to date" over a mix
     manifest["seconds"] = round(time.time() - t0, 1)
     write_bytes_atomic(out / "ATTRIBUTION.md", attribution(sources).encode())
     write_json_atomic(manifest_path, manifest)

@@ -71,7 +71,7 @@ def _items(src: Path):
 def _folder_captions(src: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     if (src / "metadata.jsonl").exists():
-        for n, line in enumerate((src / "metadata.jsonl").read_text().splitlines(), 1):
+        for n, line in enumerate((src / "metadata.jsonl").read_text(encoding="utf-8-sig").splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -80,7 +80,7 @@ def _folder_captions(src: Path) -> dict[str, list[str]]:
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{src / 'metadata.jsonl'} line {n}: {type(e).__name__}: {e}") from None
     elif (src / "metadata.csv").exists():
-        with open(src / "metadata.csv", newline="") as f:
+        with open(src / "metadata.csv", newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"file_name", "text"} <= set(reader.fieldnames):
                 raise ValueError(f"{src / 'metadata.csv'} needs the columns file_name and text")
