@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 import unclip
@@ -119,6 +120,17 @@ def test_assemble_copies_stage_exports_and_names_what_is_missing(tiny_model_dir,
     assemble(out, clip=tiny_model_dir)
     pca = tiny_model_dir / "clip_pca.safetensors"
     assert ((out / "clip_pca.safetensors").read_bytes() == pca.read_bytes()) if pca.exists() else not (out / "clip_pca.safetensors").exists()
+
+
+def test_image_commands_check_their_outputs_and_lists_before_any_work(capsys):
+    for argv in (["generate", "x", "--out", "cat.jpg"], ["vary", "a.png", "--out", "results/"],
+                 ["edit", "a.png", "--from", "a", "--to", "b", "--thetas", "0,,1"],
+                 ["edit", "a.png", "--from", "a", "--to", "b", "--thetas", "0,nan"], ["probe", "a.png", "--ks", "1,x"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "must end in .png" in err and "comma-separated floats" in err and "finite floats" in err and "ints" in err
 
 
 def test_model_hash_covers_every_byte_and_the_configs(tiny_model_dir, tmp_path):

@@ -284,6 +284,14 @@ def test_a_lora_that_does_not_fit_is_a_clear_error(tiny_model_dir, tiny_clip_dir
     for name, message in cases.items():
         with pytest.raises(ValueError, match=message):
             unclip.load(tiny_model_dir).load_lora(tmp_path / f"{name}.safetensors")
+    pipe = unclip.load(tiny_model_dir).load_lora(lora)
+    with pytest.raises(ValueError, match="already has a LoRA adapter"):  # peft would overwrite the first one's weights
+        pipe.load_lora(lora)
+    with pytest.raises(ValueError, match="finite"):
+        unclip.load(tiny_model_dir).load_lora(lora, float("nan"))
+    (tmp_path / "ft").mkdir()  # `finetune --lora-rank` writes one file per stage into a directory
+    (tmp_path / "ft" / "decoder.safetensors").write_bytes(lora.read_bytes())
+    assert unclip.load(tiny_model_dir).load_lora(tmp_path / "ft").decoder.lora_meta["stage"] == "decoder"
     assert main(["generate", "x", "--model", str(tiny_model_dir), "--lora", str(tmp_path / "plain.safetensors"),
                  "--out", str(tmp_path / "g.png")]) == 2
 
@@ -322,3 +330,16 @@ def test_finetune_resumes_only_from_the_base_it_started_from(tiny_model_dir, tmp
         check_base(out, base)
     shutil.rmtree(out / "runs")
     check_base(out, base)  # nothing to resume: starts over from the new base
+
+
+def test_finetune_resumes_only_on_the_images_it_started_on(tmp_path):
+    from unclip.finetune import FinetuneConfig, check_data, finetune
+
+    out = tmp_path / "out"
+    check_data(out, "import-a")
+    (out / "runs").mkdir()
+    check_data(out, "import-a")  # the same images: resumes
+    with pytest.raises(ValueError, match="the images in SRC changed"):
+        check_data(out, "import-b")
+    with pytest.raises(ValueError, match="--steps must be at least 4"):
+        finetune(FinetuneConfig(src=tmp_path, out=out, steps=3))

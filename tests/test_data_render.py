@@ -38,3 +38,19 @@ def test_identical_pixels_hash_equal():
 def test_corrupt_or_truncated_images_raise(fmt, data):
     with pytest.raises(CorruptImage):
         render(data, fmt, 64)
+
+
+def test_16_bit_greys_keep_their_tones_and_camera_orientation_is_applied():
+    import numpy as np
+
+    from unclip.data.render import open_raster
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((4, 6), 10000, dtype=np.uint16)).save(buf, "PNG")  # a 16-bit grey PNG
+    im = open_raster(buf.getvalue())
+    assert im.mode == "L" and im.getpixel((0, 0)) == 39  # 10000 / 65535 of white; PIL alone clips it to 255
+    jpg = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view": how phones store portrait photos
+    Image.new("RGB", (40, 20), "red").save(jpg, "JPEG", exif=exif.tobytes())
+    assert open_raster(jpg.getvalue()).size == (20, 40)

@@ -48,11 +48,14 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     base = Path(cfg.base or default_model_dir() or "")
     if not (base / "decoder_config.json").exists():
         raise FileNotFoundError(f"no base model with a decoder at {base}; pass --base MODEL_DIR")
+    if cfg.steps < 4:
+        raise ValueError(f"--steps must be at least 4 (the first 4 measure the time per step), got {cfg.steps}")
     out = Path(cfg.out).expanduser()
     check_base(out, base, log)
     data = out / "data"
     m = import_images(ImportConfig(src=cfg.src, out=data, default_caption=cfg.default_caption, style=cfg.style,
                                    seed=cfg.seed), log=log)
+    check_data(out, m["build_id"])
     log(f"{m['counts']['images']} images, {m['counts']['captions']} captions in {data}")
     stages = (["prior"] if cfg.prior else []) + ["decoder"]
     runs, report = {}, {"images": m["counts"]["images"], "stages": {}}
@@ -124,7 +127,7 @@ def check_base(out: Path, base: Path, log=print) -> None:
     from the same base (a changed base, e.g. a newer shipped model, would otherwise resume silently)."""
     from unclip.fsutil import write_bytes_atomic
 
-    record, now = out / "base.json", {"base": str(base), "weights": weights_id(base)}
+    record, now, was = out / "base.json", {"base": str(base), "weights": weights_id(base)}, {}
     if record.exists():
         was = json.loads(record.read_text())
         if was["weights"] != now["weights"] and (out / "runs").exists():
@@ -133,7 +136,20 @@ def check_base(out: Path, base: Path, log=print) -> None:
     elif (out / "runs").exists():
         log(f"warning: {out / 'runs'} has no record of the base it started from (an older fine-tune); resuming it "
             f"from {base} as it is")
-    write_bytes_atomic(record, json.dumps(now).encode())
+    write_bytes_atomic(record, json.dumps({**was, **now}).encode())  # (keeps the data record, check_data)
+
+
+def check_data(out: Path, build_id: str) -> None:
+    """OUT/base.json also names the images the runs trained on: repeating the command after SRC changed
+    (images added, recaptioned, another folder) would resume finished runs that never saw the change."""
+    from unclip.fsutil import write_bytes_atomic
+
+    record = out / "base.json"
+    now = json.loads(record.read_text()) if record.exists() else {}
+    if now.get("data") not in (None, build_id) and (out / "runs").exists():
+        raise ValueError(f"the images in SRC changed since {out / 'runs'} trained on them (import {now['data']}, now "
+                         f"{build_id}): pass a new --out, or delete {out / 'runs'} to train on them")
+    write_bytes_atomic(record, json.dumps({**now, "data": build_id}).encode())
 
 
 def load_finetuned(base: Path, model_dir: Path):

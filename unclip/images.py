@@ -28,9 +28,20 @@ def save_png(image: Image.Image, path, parameters: dict) -> None:
     if hasattr(path, "write"):  # a file object (the server's responses)
         image.save(path, format="PNG", pnginfo=info)
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, pnginfo=info)
+    from unclip.fsutil import atomic_path
+
+    with atomic_path(Path(path)) as tmp:  # a crash never leaves a truncated PNG under the name
+        image.save(tmp, format="PNG", pnginfo=info)
+
+
+def save_animation(frames: list[Image.Image], path, duration_ms: int = 120) -> None:
+    """A looping GIF or lossless WebP (by the suffix), written atomically."""
+    from unclip.fsutil import atomic_path
+
+    fmt = {".gif": "GIF", ".webp": "WEBP"}[Path(path).suffix.lower()]
+    with atomic_path(Path(path)) as tmp:
+        frames[0].save(tmp, format=fmt, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0,
+                       **({"lossless": True} if fmt == "WEBP" else {}))
 
 
 def to_output(images: torch.Tensor, output_type: str):

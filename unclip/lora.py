@@ -56,9 +56,20 @@ def load_lora(pipe, path: Path, scale: float = 1.0) -> None:
 
     from unclip.weights import load_safetensors, refuse_pickles
 
+    import math
+
     path = Path(path)
+    if not math.isfinite(scale):
+        raise ValueError(f"LoRA scale must be a finite number, got {scale}")
     if path.is_dir():
         refuse_pickles(path)
+        if not (path / FILE).exists():  # `unclip finetune --lora-rank` writes one file per stage: load each
+            files = sorted(path.glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"no LoRA adapters (*.safetensors) in {path}")
+            for f in files:
+                load_lora(pipe, f, scale)
+            return
         path = path / FILE
     tensors = load_safetensors(path)  # refuses pickles, names a missing file
     with safe_open(str(path), "pt") as f:
@@ -69,6 +80,9 @@ def load_lora(pipe, path: Path, scale: float = 1.0) -> None:
     module = getattr(pipe, meta["stage"], None)
     if module is None:
         raise ValueError(f"{path} adapts the {meta['stage']}, which this model does not have")
+    if getattr(module, "lora_meta", None) is not None:  # a second adapter would replace the first one's weights
+        raise ValueError(f"{path}: the {meta['stage']} already has a LoRA adapter; one per stage (merge them by "
+                         "fine-tuning on both sets of images)")
     add_lora(module, meta["stage"], meta["rank"], meta["alpha"])
     expected = set(lora_tensors(module))
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)

@@ -247,6 +247,8 @@ class UnCLIPPipeline:
         """New images with the same z_i. DDIM η trades fidelity for variety; with use_inversion the
         starting noise is the image's own x_T (inverted at the decoding's guidance and caption), so
         η = 0 reconstructs it."""
+        if num_images < 1:
+            raise ValueError(f"num_images must be at least 1, got {num_images}")
         inv = self._inversion_kwargs(kwargs, decoder_steps)
         z_i = self.encode_image(image)
         latents = None

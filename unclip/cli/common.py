@@ -8,6 +8,33 @@ def check_prompt(prompt: str) -> None:
         raise ValueError("the prompt is empty; give a description such as \"a grinning cat, 3D style\"")
 
 
+def png_path(text: str) -> Path:
+    """--out of an image command: a .png path (checked before any work; the grid is a PNG with its parameters)."""
+    import argparse
+
+    p = Path(text)
+    if p.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"must end in .png (the grid is written as a PNG with its parameters), got {text!r}")
+    return p
+
+
+def number_list(kind):
+    """A comma-separated list of finite numbers (--thetas, --ks), checked at parse time."""
+    import argparse
+    import math
+
+    def parse(text: str):
+        try:
+            values = [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"comma-separated {kind.__name__}s, got {text!r}") from None
+        if not values or not all(math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(f"comma-separated finite {kind.__name__}s, got {text!r}")
+        return values
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
 def apply_loras(pipe, values) -> list[str]:
     from unclip.lora import parse_lora_arg
 
@@ -26,14 +53,15 @@ def open_image(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"no image at {path}")
     try:
-        return open_raster(path.read_bytes())
+        return open_raster(path.read_bytes())  # camera orientation and 16-bit greys handled there
     except CorruptImage as e:
         raise ValueError(f"{path}: {e}") from None
 
 
 def image_or_prompt(value: str):
     p = Path(value)
-    return open_image(p) if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp") else value
+    suffixes = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
+    return open_image(p) if p.suffix.lower() in suffixes or p.is_file() else value
 
 
 def model_dir(a) -> Path:

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from unclip.cli.common import (add_precision, apply_loras, check_prompt, common_params, image_or_prompt, load_pipe,
-                               open_image, save_grid)
+                               number_list, open_image, png_path, save_grid)
 
 
 def register(sub) -> None:
@@ -30,7 +30,7 @@ def register(sub) -> None:
                    "(repeatable; SCALE multiplies its update, default 1)")
     add_precision(g)
     g.add_argument("--threads", type=int, default=0)
-    g.add_argument("--out", type=Path, default=Path("unclip.png"))
+    g.add_argument("--out", type=png_path, default=Path("unclip.png"))
     g.set_defaults(fn=_generate)
 
     def image_command(name, help_, fn, out):
@@ -43,7 +43,7 @@ def register(sub) -> None:
                             "else the model's (its decoder config), else 8")
         add_precision(c)
         c.add_argument("--threads", type=int, default=0)
-        c.add_argument("--out", type=Path, default=Path(out))
+        c.add_argument("--out", type=png_path, default=Path(out))
         c.set_defaults(fn=fn)
         return c
 
@@ -69,7 +69,8 @@ def register(sub) -> None:
     ed.add_argument("image", type=Path)
     ed.add_argument("--from", dest="from_text", required=True, help="a caption of the image as it is")
     ed.add_argument("--to", dest="to_text", required=True, help="the caption it should move towards")
-    ed.add_argument("--thetas", default="0,0.1,0.2,0.3,0.4,0.5", help="comma-separated slerp amounts")
+    ed.add_argument("--thetas", type=number_list(float), default=[0, 0.1, 0.2, 0.3, 0.4, 0.5],
+                    help="comma-separated slerp amounts (default 0,0.1,0.2,0.3,0.4,0.5)")
 
     gd = image_command("guided", "the CLIP-guided baseline: the decoder steered by CLIP gradients (no prior, no z_i)",
                        _guided, "clip_guided.png")
@@ -86,7 +87,8 @@ def register(sub) -> None:
     pb = image_command("probe", "what z_i keeps: decode an image from its first k PCA components, for each k", _probe,
                        "pca_probe.png")
     pb.add_argument("image", type=Path)
-    pb.add_argument("--ks", default="1,2,4,8,16,32,64,384", help="comma-separated component counts")
+    pb.add_argument("--ks", type=number_list(int), default=[1, 2, 4, 8, 16, 32, 64, 384],
+                    help="comma-separated component counts (default 1,2,4,8,16,32,64,384)")
 
     ex = sub.add_parser("export", help="write a model in another format").add_subparsers(dest="export_format", required=True)
     exd = ex.add_parser("diffusers", help="diffusers' UnCLIPPipeline layout (Karlo's), fp32 safetensors")
@@ -115,6 +117,7 @@ def _generate(a) -> int:
               "decoder_guidance_scale": a.decoder_guidance,
               "sampler": a.sampler, "eta": a.eta, "best_of": a.best_of, "precision": a.precision,
               "model": str(model), "model_hash": model_hash(model),
+              "upsample": not a.no_upsample and pipe.upsampler is not None,
               "upsampler_strength": a.upsampler_strength if a.upsampler_strength is not None else
               (pipe.upsampler.config.strength if pipe.upsampler is not None else None),
               **({"lora": loras} if loras else {})}
@@ -136,15 +139,16 @@ def _guided(a) -> int:
                            cutn=a.cutn, condition=a.condition, guidance_scale=a.decoder_guidance, sampler=a.sampler,
                            upsampler_steps=a.upsampler_steps, upsample=not a.no_upsample,
                            generator=torch.Generator().manual_seed(a.seed), progress=True)
-    save_grid(out.images, a, common_params(a, model, task="clip_guided", prompt=a.prompt, clip_guidance_scale=a.clip_guidance,
-                                 cutn=a.cutn, condition=a.condition, sampler=a.sampler))
+    save_grid(out.images, a, common_params(a, model, task="clip_guided", prompt=a.prompt, num_images=a.num_images,
+                                           clip_guidance_scale=a.clip_guidance, cutn=a.cutn, condition=a.condition,
+                                           sampler=a.sampler, upsample=not a.no_upsample, upsampler_steps=a.upsampler_steps))
     return 0
 
 
 def _probe(a) -> int:
     import torch
 
-    ks = [int(k) for k in a.ks.split(",")]
+    ks = a.ks
     pipe, model = load_pipe(a)
     out = pipe.pca_reconstructions(open_image(a.image), ks, decoder_steps=a.decoder_steps,
                                    decoder_guidance_scale=a.decoder_guidance, generator=torch.Generator().manual_seed(a.seed))
@@ -159,7 +163,8 @@ def _vary(a) -> int:
     out = pipe.variations(open_image(a.image), a.num_images, eta=a.eta, use_inversion=a.inversion,
                           decoder_steps=a.decoder_steps, decoder_guidance_scale=a.decoder_guidance,
                           generator=torch.Generator().manual_seed(a.seed))
-    save_grid(out.images, a, common_params(a, model, task="variations", image=str(a.image), eta=a.eta, inversion=a.inversion))
+    save_grid(out.images, a, common_params(a, model, task="variations", image=str(a.image), num_images=a.num_images,
+                                           eta=a.eta, inversion=a.inversion))
     return 0
 
 
@@ -175,19 +180,23 @@ def _invert(a) -> int:
     z_i, x_T = pipe.invert(image, a.caption, steps=a.decoder_steps, guidance_scale=a.decoder_guidance,
                            fixed_point_iters=a.fixed_point_iters)
     latents = Path(a.out).with_suffix(".safetensors")
-    save_safetensors({"image_embeds": z_i, "latents": x_T}, latents, {"steps": str(a.decoder_steps)})
+    save_safetensors({"image_embeds": z_i, "latents": x_T}, latents,  # what decoding them back needs
+                     {"steps": str(a.decoder_steps), "guidance_scale": str(a.decoder_guidance), "caption": a.caption})
     back = pipe.from_embeds(z_i, a.caption, latents=x_T, decoder_steps=a.decoder_steps, decoder_guidance_scale=a.decoder_guidance,
                             upsample=False, output_type="pt").images  # (1, 3, S, S) in [0, 1]
     target = pil_to_tensor(image, back.shape[-1]) * 0.5 + 0.5
     psnr = float(10 * torch.log10(1 / ((back - target) ** 2).mean()))
     save_grid(to_output(torch.cat([target, back]) * 2 - 1, "pil"), a,
-          common_params(a, model, task="invert", image=str(a.image), psnr=round(psnr, 2)))
+          common_params(a, model, task="invert", image=str(a.image), caption=a.caption,
+                        fixed_point_iters=a.fixed_point_iters, psnr=round(psnr, 2)))
     print(f"x_T and z_i in {latents}; reconstruction PSNR {psnr:.2f} dB at guidance {a.decoder_guidance:g}")
     return 0
 
 
 def _interpolate(a) -> int:
     import torch
+
+    from unclip.images import save_animation
 
     x, y = image_or_prompt(a.a), image_or_prompt(a.b)
     if isinstance(x, str) != isinstance(y, str):
@@ -199,8 +208,7 @@ def _interpolate(a) -> int:
     frames = out.images + out.images[::-1][1:-1]  # there and back
     for ext in (".gif", ".webp"):
         anim = Path(a.out).with_suffix(ext)
-        frames[0].save(anim, save_all=True, append_images=frames[1:], duration=120, loop=0,
-                       **({"lossless": True} if ext == ".webp" else {}))
+        save_animation(frames, anim)
         print(f"wrote {anim}")
     return 0
 
@@ -208,7 +216,7 @@ def _interpolate(a) -> int:
 def _edit(a) -> int:
     import torch
 
-    thetas = [float(t) for t in a.thetas.split(",")]
+    thetas = a.thetas
     pipe, model = load_pipe(a, inverted=True)
     out = pipe.text_diff(open_image(a.image), a.from_text, a.to_text, thetas, decoder_steps=a.decoder_steps,
                          decoder_guidance_scale=a.decoder_guidance, generator=torch.Generator().manual_seed(a.seed))

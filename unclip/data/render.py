@@ -9,7 +9,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 MAX_PIXELS = 4096 * 4096
 
@@ -46,11 +46,25 @@ def open_raster(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
             if im.width * im.height > max_pixels:
                 raise CorruptImage(f"{im.width}x{im.height} is over the pixel limit")
             im.load()  # decodes now, so truncation is caught here
+            im = ImageOps.exif_transpose(im)  # a camera's orientation tag: the picture as it is seen
+            im = to_8bit(im)
     except CorruptImage:
         raise
     except Exception as e:
         raise CorruptImage(f"not a readable image: {type(e).__name__}: {e}") from None
     return im
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and float greyscale ("I;16", "I", "F") scaled to 8 bits: PIL's own conversion clips them
+    at 255, which turns a 16-bit image nearly white."""
+    if im.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return im
+    import numpy as np
+
+    a = np.asarray(im, dtype=np.float64)
+    top = 1.0 if im.mode == "F" and a.max() <= 1.0 else (255.0 if a.max() <= 255 else 65535.0)
+    return Image.fromarray(np.clip(np.rint(a / top * 255), 0, 255).astype(np.uint8), "L")
 
 
 def on_white(im: Image.Image) -> Image.Image:
