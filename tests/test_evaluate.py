@@ -46,7 +46,7 @@ def test_evaluate_end_to_end_with_a_convnext_judge(tiny_model_dir, built_dataset
                  batch=2, generate_kwargs={"prior_steps": 2, "decoder_steps": 2, "upsampler_steps": 2}, progress=False)
     for split in ("heldout_images", "heldout_concepts"):
         m = r["splits"][split]
-        assert m["prompts"] == 4 and m["fd"] >= 0 and m["fd_ci95"][0] <= m["fd_ci95"][1]
+        assert m["prompts"] == 4 and m["fd"] >= 0 and m["fd_ci95"][0] <= m["fd_ci95"][1] and m["kid_std"] >= 0
         assert all(0 <= m[k] <= 1 for k in ("precision", "recall", "top1", "top5", "top1_real", "top5_real"))
         assert m["top1"] <= m["top5"] and -1 <= m["clip_score"] <= 1
         pp = m["per_prompt"]  # the summaries are the per-prompt values' means
@@ -153,12 +153,25 @@ def test_report_runs_every_section_and_writes_markdown(tiny_model_dir, built_dat
     assert set(changed["sections"]) == {"priors"}
 
 
-def test_sampler_plot_takes_an_interval_that_excludes_its_point(tmp_path):
+def test_sampler_plot_draws_point_estimates(tmp_path):
     from unclip.report import _plot_samplers
 
-    row = {"sampler": "ddim", "steps": "25/25/7", "seconds_per_image": 0.4, "fd": 296.5, "fd_lo": 181.0, "fd_hi": 259.0}
-    _plot_samplers([row], tmp_path / "s.png")  # basic bootstrap: hi < fd happens (it raised before)
+    row = {"sampler": "ddim", "steps": "25/25/7", "seconds_per_image": 0.4, "fd": 296.5, "kid": 0.2, "kid_std": 0.01}
+    _plot_samplers([row], tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_kid_is_unbiased_across_sample_sizes_where_fd_is_not():
+    from unclip.evaluate import kid
+
+    g = torch.Generator().manual_seed(0)
+    real, same, shifted = torch.randn(1000, 32, generator=g), torch.randn(128, 32, generator=g), torch.randn(128, 32, generator=g) + 0.3
+    for fake in (same, same[:16]):  # the same distribution: KID within its spread of 0 at n = 128 and 16
+        m, sd = kid(real, fake)
+        assert abs(m) < 2 * sd
+    assert frechet_distance(real, same[:16]) > 3 * frechet_distance(real, same)  # FD: biased by n
+    m, sd = kid(real, shifted)
+    assert m > 5 * sd > 0
 
 
 def test_report_says_which_section_did_not_run():
@@ -296,8 +309,9 @@ def test_the_oracle_prior_decodes_each_prompts_own_image_embedding(tiny_model_di
     assert r["prior"] == "image" and "diversity" not in r and set(r["splits"]) == {"heldout_images", "heldout_concepts"}
 
 
-def _claim_row(setting, fd, clip, **kw):
-    return {"setting": setting, "fd": fd, "fd_lo": fd - 10, "fd_hi": fd + 10, "clip_score": clip, "top5": 0.0,
+def _claim_row(setting, fd, clip, kid=None, **kw):
+    kid = fd / 1000 if kid is None else kid  # KID ranges kid ± 2 x 0.005: separated when 0.02 apart
+    return {"setting": setting, "fd": fd, "kid": kid, "kid_std": 0.005, "clip_score": clip, "top5": 0.0,
             "seconds_per_image": 1.0, "tiling": 0.2, **kw}
 
 
@@ -305,16 +319,17 @@ def test_claim_verdicts_follow_the_numbers_both_ways():
     from unclip.claims import verdicts
     from unclip.report import render_markdown
 
+    sampler = {"dpm++": {"sampler": "dpm++", "steps": "6/12/2", "fd": 305, "kid": 0.305, "kid_std": 0.005,
+                         "seconds_per_image": 0.5, "decoder_guidance": 3.0},
+               "ref": {"sampler": "diffusers UnCLIPPipeline (ddpm)", "steps": "25/25/7", "fd": 300, "kid": 0.300,
+                       "kid_std": 0.005, "seconds_per_image": 2.0, "decoder_guidance": 3.0}}
     good = {"conditioning": [_claim_row("caption only (no z_i)", 300, 0.20), _claim_row("z_t as z_i", 290, 0.25),
                              _claim_row("prior z_i (unCLIP)", 250, 0.30),
                              _claim_row("the image's own z_i (oracle prior)", 240, 0.31, top5=0.125)],
             "priors": [_claim_row("diffusion prior", 280, 0.30), _claim_row("autoregressive prior", 285, 0.35)],
             "clip_guided": [_claim_row("CLIP-guided (caption-conditioned decoder)", 400, 0.1, tiling=0.4),
                             _claim_row("unCLIP", 250, 0.3)],
-            "samplers": [{"sampler": "dpm++", "steps": "6/12/2", "fd": 305, "fd_lo": 280, "fd_hi": 310,
-                          "seconds_per_image": 0.5},
-                         {"sampler": "diffusers UnCLIPPipeline (ddpm)", "steps": "25/25/7", "fd": 300, "fd_lo": 290,
-                          "fd_hi": 320, "seconds_per_image": 2.0}],
+            "samplers": [sampler["dpm++"], sampler["ref"]],
             "guidance": [{"decoder_guidance": g, "setting": name, "diversity": d} for g, name, d in
                          ((1.0, "unCLIP", 0.1), (1.0, "caption-only decoder", 0.9), (3.0, "unCLIP", 0.6),
                           (3.0, "caption-only decoder", 0.5), (8.0, "unCLIP", 0.5), (8.0, "caption-only decoder", 0.4))]}
@@ -322,23 +337,29 @@ def test_claim_verdicts_follow_the_numbers_both_ways():
     assert len(lines) == 5
     cond, guid, prior, samp, guided = lines
     assert "is the best conditioning** (paper): holds" in cond and "top-5 12.5% (prior: 0.0%)" in cond
-    assert "overlap" not in cond  # [240, 260] vs [280, 300]: separated
+    assert "overlap" not in cond  # KID 0.25 ± 0.01 vs 0.29 ± 0.01: separated
     assert ": holds" in guid and "guidance 1" not in guid  # guidance 1 is no guidance: not part of the claim
-    assert ": mixed on the point estimates (FD intervals overlap" in prior  # lower FD, lower CLIP score; 280±10 vs 285±10
-    assert ": holds" in samp and "4.0× less time" in samp  # 305 inside diffusers' [290, 320], 2.0 / 0.5 s
+    assert ": mixed on the point estimates (KID ranges overlap" in prior  # lower FD, lower CLIP score; 0.280 vs 0.285
+    assert ": holds" in samp and "4.0× less time" in samp  # KID 0.305 not separated from 0.300; 2.0 / 0.5 s
     assert ": holds" in guided and "show more repeated motifs" in guided
 
-    bad = {**good, "samplers": [{**good["samplers"][0], "fd": 330}, good["samplers"][1]],
+    bad = {**good, "samplers": [{**sampler["dpm++"], "fd": 330, "kid": 0.330}, sampler["ref"]],
            "clip_guided": [_claim_row("CLIP-guided (caption-conditioned decoder)", 200, 0.4, tiling=0.1),
                            _claim_row("unCLIP", 250, 0.3)],
            "guidance": [{**r, "diversity": 1 - r["diversity"]} for r in good["guidance"]]}
     _, guid, _, samp, guided = verdicts(bad)
-    assert ": does not hold" in guid and ": mixed" in samp  # 4× faster, but FD 330 > 320
+    assert ": does not hold" in guid and ": mixed" in samp  # 4× faster, but KID 0.330 is separated above 0.300
     assert ": does not hold" in guided and "show fewer repeated motifs" in guided
-    near = {"conditioning": [good["conditioning"][0], _claim_row("z_t as z_i", 265, 0.25), good["conditioning"][2]]}
-    assert "FD intervals overlap" in verdicts(near)[0]  # [240, 260] meets z_t's [255, 275], not caption-only's
-    assert ": does not hold" in verdicts(bad, upsample=False)[3]  # FD alone: 330 is outside [290, 320]
-    assert "verdict is on FD alone" in verdicts(good, upsample=False)[3]
+    near = {"conditioning": [good["conditioning"][0], _claim_row("z_t as z_i", 265, 0.25, kid=0.262),
+                             good["conditioning"][2]]}
+    assert "KID ranges overlap" in verdicts(near)[0]  # 0.250 ± 0.01 meets 0.262 ± 0.01
+    assert ": does not hold on quality; time not compared" in verdicts(bad, upsample=False)[3]
+    # a report from before KID: no valid interval, said so; rows at different guidance: not resolved
+    old = {"conditioning": [{k: v for k, v in r.items() if not k.startswith("kid")} for r in good["conditioning"]],
+           "samplers": [sampler["dpm++"], {**sampler["ref"], "decoder_guidance": None}]}
+    cond, samp = verdicts(old)
+    assert "no valid interval in this report: not resolved" in cond
+    assert "not resolved: the rows ran at different decoder guidance" in samp
     md = render_markdown({"model": "m", "n": 16, "seed": 0, "sections": {"priors": good["priors"]}})
     assert "## The paper's claims at this scale" in md and "autoregressive prior** (paper): " in md
     assert "claims at this scale" not in render_markdown({"model": "m", "n": 16, "seed": 0, "sections": {}})

@@ -39,7 +39,7 @@ def tiling_score(images: torch.Tensor, exclude: float = 0.25) -> float:
 
 def _row(name: str, r: dict, split: str) -> dict:
     m = r["splits"][split]
-    out = {"setting": name, "fd": m["fd"], "fd_lo": m["fd_ci95"][0], "fd_hi": m["fd_ci95"][1], "precision": m["precision"],
+    out = {"setting": name, "fd": m["fd"], "kid": m["kid"], "kid_std": m["kid_std"], "precision": m["precision"],
            "recall": m["recall"], "clip_score": m["clip_score"], "top1": m["top1"], "top5": m["top5"],
            "seconds_per_image": r["seconds_per_image"], "tiling": tiling_score(m["images"])}
     if "diversity" in r:
@@ -52,8 +52,9 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
                diversity_prompts: int = 4, diversity_samples: int = 4, upsample: bool = True, compare_diffusers: bool = True,
                log=print) -> dict:
     """upsample=False judges (and times) the decoder's images: the judge sees 64 px either way.
-    compare_diffusers: the samplers section also runs diffusers' UnCLIPPipeline (its defaults, DDPM
-    25/25/7, always upsampled) on this model's weights exported to its layout."""
+    compare_diffusers: the samplers section also runs diffusers' UnCLIPPipeline (DDPM 25/25/7, always
+    upsampled; prior guidance 4 and this model's decoder guidance, as our rows) on this model's weights
+    exported to its layout."""
     from unclip.evaluate import evaluate, judge_view, own_embeds_generate, strip
 
     view = judge_view(judge, data)
@@ -117,9 +118,12 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
             rows.append({"sampler": sampler, "steps": f"{st['prior']}/{st['decoder']}/{st['upsampler']}",
                          **_row(sampler, ev(sampler, sampler=sampler, div=0), split)})
         if compare_diffusers:
-            with diffusers_generate(pipe) as theirs:
-                rows.append({"sampler": "diffusers UnCLIPPipeline (ddpm)", "steps": "25/25/7",
+            guidance = pipe.default_decoder_guidance()
+            with diffusers_generate(pipe, guidance) as theirs:  # the same guidance as our rows
+                rows.append({"sampler": "diffusers UnCLIPPipeline (ddpm)", "steps": "25/25/7", "decoder_guidance": guidance,
                              **_row("diffusers", ev("diffusers", generate=theirs, div=0), split)})
+            for r in rows[:-1]:
+                r["decoder_guidance"] = guidance
         results["sections"]["samplers"] = rows
         _plot_samplers(rows, out / "report" / "samplers.png")
     if "clip_guided" in sections:
@@ -184,8 +188,9 @@ def keep_sections(path: Path, results: dict, sections) -> list[str]:
 
 
 @contextmanager
-def diffusers_generate(pipe):
-    """`generate(prompts, generator)` for `evaluate` by diffusers' UnCLIPPipeline on `pipe`'s weights."""
+def diffusers_generate(pipe, decoder_guidance: float = 8.0):
+    """`generate(prompts, generator)` for `evaluate` by diffusers' UnCLIPPipeline on `pipe`'s weights, at
+    prior guidance 4 (its default and ours) and the given decoder guidance (its default: 8)."""
     import tempfile
 
     from unclip.interop import diffusers_pipeline, export_diffusers
@@ -197,7 +202,8 @@ def diffusers_generate(pipe):
 
     def generate(prompts, g):
         out = theirs(prompts, num_images_per_prompt=1, prior_num_inference_steps=25, decoder_num_inference_steps=25,
-                     super_res_num_inference_steps=7, generator=g, output_type="np").images  # (B, H, W, 3) in [0, 1]
+                     super_res_num_inference_steps=7, prior_guidance_scale=4.0, decoder_guidance_scale=decoder_guidance,
+                     generator=g, output_type="np").images  # (B, H, W, 3) in [0, 1]
         return torch.from_numpy(out).permute(0, 3, 1, 2) * 2 - 1
 
     yield generate
@@ -236,14 +242,11 @@ def _plot_samplers(rows, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for r in rows:
-        # the basic bootstrap interval need not contain the point estimate (FD is biased upwards at
-        # small n), so the interval is drawn as its own bar, not as an error bar around the point
-        ax.vlines(r["seconds_per_image"], r["fd_lo"], r["fd_hi"], colors="grey")
-        ax.plot(r["seconds_per_image"], r["fd"], "o")
+        ax.plot(r["seconds_per_image"], r["fd"], "o")  # a point estimate (rows share n, so they compare)
         label = f"{r['sampler'].replace(' UnCLIPPipeline', '')} {r['steps']}"
         ax.annotate(label, (r["seconds_per_image"], r["fd"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlim(0, 1.3 * max(r["seconds_per_image"] for r in rows))  # room for the labels inside the axes
-    ax.set(xlabel="seconds per image (this CPU)", ylabel="judge FD (95% interval)")
+    ax.set(xlabel="seconds per image (this CPU)", ylabel="judge FD (same n for every row)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -259,8 +262,8 @@ def _table(rows: list[dict], keys: list[str]) -> str:
     return "\n".join(lines)
 
 
-METRICS = ["fd", "fd_lo", "fd_hi", "precision", "recall", "clip_score", "top1", "top5", "diversity", "seconds_per_image",
-           "tiling"]
+METRICS = ["fd", "fd_lo", "fd_hi", "kid", "kid_std", "precision", "recall", "clip_score", "top1", "top5", "diversity",
+           "seconds_per_image", "tiling"]  # (fd_lo/fd_hi: stored reports from before KID)
 
 
 def render_markdown(results: dict) -> str:
@@ -272,13 +275,24 @@ def render_markdown(results: dict) -> str:
           + ("" if results.get("upsample", True) else "; decoder images, not upsampled: the judge sees 64 px either way")
           + "). Judge: a ConvNeXt "
           "CLIP trained separately for evaluation only (see README, Evaluating). Metrics on the held-out-concepts split "
-          "unless noted; fd_lo/fd_hi: bootstrap 95% interval; tiling: repetition score (higher = more repeated motifs).", ""]
+          "unless noted; fd: Fréchet distance of the judge's features, biased by n (compare rows of one report "
+          "only); kid ± kid_std: kernel distance (unbiased) and its spread over subsets, what separates two rows; "
+          "tiling: repetition score (higher = more repeated motifs). Reports before KID show fd_lo/fd_hi: a basic "
+          "bootstrap over the generated set that need not hold the estimate and does not cover the population FD: "
+          "not a confidence interval.", ""]
     if "headline" in s:
         md += ["## Headline", ""]
-        rows = [{"split": k, **{m: v for m, v in r.items() if not isinstance(v, list)},
-                 "fd_lo": r["fd_ci95"][0], "fd_hi": r["fd_ci95"][1]} for k, r in s["headline"]["splits"].items()]
-        md += [_table(rows, ["split", "fd", "fd_lo", "fd_hi", "precision", "recall", "clip_score", "clip_score_real", "top1",
-                             "top1_real", "top5", "top5_real"]), ""]
+        rows = [{"split": k, **{m: v for m, v in r.items() if not isinstance(v, (list, dict))},
+                 **({"fd_lo": r["fd_ci95"][0], "fd_hi": r["fd_ci95"][1]} if "kid" not in r else {})}
+                for k, r in s["headline"]["splits"].items()]
+        md += [_table(rows, ["split", "fd", "fd_lo", "fd_hi", "kid", "kid_std", "precision", "recall", "clip_score",
+                             "clip_score_real", "top1", "top1_real", "top5", "top5_real", "concept_mrr", "concept_mrr_real"]), ""]
+        clean = {k: r["leak_free"] for k, r in s["headline"]["splits"].items() if r.get("leak_free", {}).get("prompts")}
+        if clean:
+            md += ["Leak-free prompts only (no near copy or gender/direction twin in training; README, Evaluating):", "",
+                   _table([{"split": k, **v} for k, v in clean.items()],
+                          ["split", "prompts", "clip_score", "clip_score_real", "top5", "top5_real", "concept_mrr",
+                           "concept_mrr_real"]), ""]
         d = s["headline"].get("diversity")
         if d:
             md += [f"Diversity: generated {d['generated']:.3f}, real {d['real']:.3f}.", ""]
