@@ -14,7 +14,9 @@ MP=${MP:-bf16}
 # dc_weight=0.002 (0.01 from step ~4,800, 0.002 from ~5,300: at 0.01 it made 90% of the gradient norm): the decoder read the mean colour of x_t as signal at every t, so the start
 # noise's own mean became a tinted background; the term teaches it to attribute that mean to noise (diffusion.dc_error)
 # wsd from step 15,996 (constant 2e-4 until then, with --max-steps 100000): the held-out loss had flattened at
-# 0.0350-0.0352 from 14,000 to 16,000, so the learning rate decays (cosine) to 0 over steps 16,000-20,000
+# 0.0350-0.0352 from 14,000 to 16,000, so the learning rate decays (cosine) to 0 over steps 16,000-20,000.
+# Measured (session 8): the held-out loss rose instead (0.0363 at 17,813; training loss still falling) and the
+# judge comparison was mixed; stopped at 17,996. The decoder overfits: regularisation or more data is next.
 # --compile (from step 9,190): torch.compile'd decoder steps, 23.3 samples/s vs 18.3 eager on 2 threads (bf16), measured
 STAGES=${STAGES:-"data clip embed prior decoder upsampler ar_prior"}
 SHIPPED=unclip/shipped/emoji
