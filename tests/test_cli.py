@@ -129,6 +129,9 @@ def test_image_commands_check_their_outputs_and_lists_before_any_work(capsys):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
+    from unclip.cli.common import image_or_prompt
+
+    assert image_or_prompt("a cat " * 60) == "a cat " * 60  # no "File name too long" from the path check
     err = capsys.readouterr().err
     assert "must end in .png" in err and "comma-separated floats" in err and "finite floats" in err and "ints" in err
 

@@ -49,6 +49,9 @@ def test_16_bit_greys_keep_their_tones_and_camera_orientation_is_applied():
     Image.fromarray(np.full((4, 6), 10000, dtype=np.uint16)).save(buf, "PNG")  # a 16-bit grey PNG
     im = open_raster(buf.getvalue())
     assert im.mode == "L" and im.getpixel((0, 0)) == 39  # 10000 / 65535 of white; PIL alone clips it to 255
+    dark = io.BytesIO()
+    Image.fromarray(np.full((4, 6), 200, dtype=np.uint16)).save(dark, "PNG")
+    assert open_raster(dark.getvalue()).getpixel((0, 0)) == 1  # a dark 16-bit image stays dark
     jpg = io.BytesIO()
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to view": how phones store portrait photos

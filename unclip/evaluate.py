@@ -75,8 +75,9 @@ def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, size: int = 
 
 
 def bootstrap_fd(real: torch.Tensor, fake: torch.Tensor, n: int = 20, seed: int = 0) -> tuple[float, float]:
-    """95% basic-bootstrap interval of the FD under resampling of the generated set: [2·FD − q97.5,
-    2·FD − q2.5]. (Resampling with replacement repeats samples, which biases the resampled FDs
+    """The basic bootstrap of the FD under resampling of the generated set: [2·FD − q97.5, 2·FD − q2.5].
+    Not a confidence interval (it can exclude the estimate and does not cover the population FD; kept
+    for comparison with older reports: use `kid`). (Resampling with replacement repeats samples, which biases the resampled FDs
     upwards; the basic interval reflects that bias around the estimate instead of copying it.)"""
     g = torch.Generator().manual_seed(seed)
     fd = frechet_distance(real, fake)

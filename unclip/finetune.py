@@ -53,9 +53,11 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     out = Path(cfg.out).expanduser()
     check_base(out, base, log)
     data = out / "data"
-    m = import_images(ImportConfig(src=cfg.src, out=data, default_caption=cfg.default_caption, style=cfg.style,
-                                   seed=cfg.seed), log=log)
-    check_data(out, m["build_id"])
+    from unclip.data.importer import _input_id
+
+    icfg = ImportConfig(src=cfg.src, out=data, default_caption=cfg.default_caption, style=cfg.style, seed=cfg.seed)
+    check_data(out, _input_id(Path(cfg.src).expanduser(), icfg))  # before the import replaces OUT/data
+    m = import_images(icfg, log=log)
     log(f"{m['counts']['images']} images, {m['counts']['captions']} captions in {data}")
     stages = (["prior"] if cfg.prior else []) + ["decoder"]
     runs, report = {}, {"images": m["counts"]["images"], "stages": {}}

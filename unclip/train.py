@@ -232,7 +232,7 @@ def _check_resume(state: dict, cfg: TrainConfig, run: Path) -> None:
     rec, now = state.get("config", {}), _jsonable(asdict(cfg))
     changed = [f"{k} {rec[k]!r} -> {now[k]!r}" for k in ("seed", "batch_size", "preset", "lora_rank", "train_only")
                if k in rec and rec[k] != now[k]]
-    if "init_from" in rec:
+    if rec.get("init_from") is not None:  # (a run started from scratch may be resumed with or without one)
         was, given = (None if v is None else Path(v).resolve() for v in (rec["init_from"], cfg.init_from))
         if was != given:  # the model's own settings (guidance, mean colour, ...) came from there
             changed.append(f"init_from {rec['init_from']!r} -> {None if cfg.init_from is None else str(cfg.init_from)!r}")
@@ -415,7 +415,8 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
                 grad_norm = grad_norm.full_tensor()
             what = "gradient"  # gradients are reduced across processes already: every rank sees the same norm
         done = step + 1
-        if finite.item() < 1.0 or (grad_norm is not None and not math.isfinite(float(grad_norm))):
+        bad_grad = grad_norm is not None and not math.isfinite(float(grad_norm)) and acc.scaler is None  # (fp16's
+        if finite.item() < 1.0 or bad_grad:  # scaler skips such steps itself and must see them to lower its scale)
             opt.zero_grad(set_to_none=True)  # the weights and the EMA stay as they were
             bad += 1
             _append(metrics_path, {"step": step, "skipped": f"non-finite {what}"}) if acc.is_main_process else None

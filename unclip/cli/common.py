@@ -61,7 +61,11 @@ def open_image(path: Path):
 def image_or_prompt(value: str):
     p = Path(value)
     suffixes = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
-    return open_image(p) if p.suffix.lower() in suffixes or p.is_file() else value
+    try:
+        exists = p.is_file()
+    except OSError:  # a long prompt is no file name ("File name too long")
+        exists = False
+    return open_image(p) if p.suffix.lower() in suffixes or exists else value
 
 
 def model_dir(a) -> Path:

@@ -63,7 +63,10 @@ def to_8bit(im: Image.Image) -> Image.Image:
     import numpy as np
 
     a = np.asarray(im, dtype=np.float64)
-    top = 1.0 if im.mode == "F" and a.max() <= 1.0 else (255.0 if a.max() <= 255 else 65535.0)
+    if im.mode.startswith("I;16"):
+        top = 65535.0  # the format's own range: a dark image stays dark
+    else:
+        top = 1.0 if im.mode == "F" and a.max() <= 1.0 else (255.0 if a.max() <= 255 else 65535.0)
     return Image.fromarray(np.clip(np.rint(a / top * 255), 0, 255).astype(np.uint8), "L")
 
 
