@@ -162,7 +162,9 @@ def save_checkpoint(run: Path, weights: dict, ema_weights: dict, ema_updates: in
     save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
     state = {"step": step, "ema_updates": ema_updates, "optimizer": opt_meta, "config": _jsonable(asdict(cfg)),
              "torch_rng": torch.get_rng_state().tolist(), **extra}
-    (tmp / "state.json").write_text(json.dumps(state))
+    from unclip.fsutil import write_bytes_atomic
+
+    write_bytes_atomic(tmp / "state.json", json.dumps(state).encode())  # fsynced, as the tensors
     _swap_in(tmp, run / "checkpoint")
 
 
