@@ -125,10 +125,6 @@ class JudgeView:
         sims = emb @ self.concept_embed.T  # (N, K)
         return (sims > sims.gather(1, target[:, None])).sum(1) + 1
 
-    def retrieval(self, emb: torch.Tensor, concepts: list[str]) -> tuple[float, float]:
-        r = self.ranks(emb, concepts)
-        return float((r <= 1).float().mean()), float((r <= 5).float().mean())
-
 
 SPLITS = ("heldout_images", "heldout_concepts")
 NEAR_COPY = 8.0  # mean |difference| at 64 px on 0-255 below which two images are the same picture
@@ -237,14 +233,14 @@ def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, d
         kid_mean, kid_std = kid(f_real, f_fake, seed=seed)
         prec, rec = precision_recall(f_real, f_fake)
         rank, rank_real = view.ranks(e_fake, concepts), view.ranks(e_real_pick, concepts)
-        clip_score = (e_fake * t).sum(-1)  # (N,)
+        clip_score, clip_score_real = (e_fake * t).sum(-1), (e_real_pick * t).sum(-1)  # (N,)
         report["splits"][split] = {
             # fd_ci95: the basic bootstrap over the generated set; it need not hold the estimate and does not
             # cover the population FD (FD's small-sample bias): compare FDs at equal n only, and use KID's spread
             "prompts": len(prompts), "real_images": len(real_all), "fd": fd, "fd_ci95": [lo, hi],
             "kid": kid_mean, "kid_std": kid_std,
             "precision": prec, "recall": rec,
-            "clip_score": float(clip_score.mean()), "clip_score_real": float((e_real_pick * t).sum(-1).mean()),
+            "clip_score": float(clip_score.mean()), "clip_score_real": float(clip_score_real.mean()),
             "top1": float((rank <= 1).float().mean()), "top5": float((rank <= 5).float().mean()),
             "top1_real": float((rank_real <= 1).float().mean()), "top5_real": float((rank_real <= 5).float().mean()),
             "concept_mrr": float((1 / rank).mean()), "concept_mrr_real": float((1 / rank_real).mean()),
@@ -255,7 +251,7 @@ def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, d
         clean = leak_free(data, split, pick) if split in SPLITS else None
         if clean is not None:
             m["per_prompt"]["leak_free"] = clean.tolist()
-            real = {"concept_rank": rank_real.tolist(), "clip_score": (e_real_pick * t).sum(-1).tolist()}
+            real = {"concept_rank": rank_real.tolist(), "clip_score": clip_score_real.tolist()}
             m["leak_free"] = {**leak_free_summary(m, clean), **{f"{k}_real": v for k, v in leak_free_summary(
                 {"per_prompt": real}, clean).items() if k != "prompts"}}
         report["splits"][split]["images"] = fake  # kept for grids; dropped before JSON (see strip)
@@ -360,19 +356,18 @@ def paired(base: dict, new: dict, resamples: int = 2000, seed: int = 0) -> dict:
                              "rerun `unclip eval --json` for it")
         if a["prompts"] != b["prompts"]:
             raise ValueError(f"{split}: the reports hold different prompts; use the same --n, --seed and data")
-        idx = rng.integers(0, len(b["prompts"]), size=(resamples, len(b["prompts"])))
+        n = len(b["prompts"])
+        groups = {"": (np.arange(n), rng.integers(0, n, size=(resamples, n)))}  # suffix: (prompts, resampled rows)
+        if "leak_free" in a and "leak_free" in b and any(b["leak_free"]):  # the same comparison, leak-free prompts only
+            keep = np.flatnonzero(b["leak_free"])
+            groups["_leak_free"] = (keep, rng.choice(keep, size=(resamples, len(keep))))
         out[split] = {}
         for name, values in PAIRED.items():
             d = values(b) - values(a)  # (N,)
-            boot = d[idx].mean(1)
-            out[split][name] = {"mean": float(d.mean()), "ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]}
-        if "leak_free" in a and "leak_free" in b and any(b["leak_free"]):  # the same comparison, leak-free prompts only
-            keep = np.flatnonzero(b["leak_free"])
-            sub = rng.choice(keep, size=(resamples, len(keep)))
-            for name, values in PAIRED.items():
-                d = values(b) - values(a)
-                out[split][f"{name}_leak_free"] = {"mean": float(d[keep].mean()), "ci95": [
-                    float(np.quantile(d[sub].mean(1), 0.025)), float(np.quantile(d[sub].mean(1), 0.975))]}
+            for suffix, (rows, boot) in groups.items():
+                means = d[boot].mean(1)
+                out[split][name + suffix] = {"mean": float(d[rows].mean()),
+                                             "ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]}
     return out
 
 

@@ -208,10 +208,7 @@ class UnCLIPPipeline:
             clip_denoised = latents is None
         if latents is not None and sampler != "ddim":
             raise ValueError(f"an inverted x_T (latents) decodes with the ddim sampler it was inverted for, not {sampler!r}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', not {output_type!r}")
+        _check_sampler_output(sampler, output_type)
         if not isinstance(caption, str) and len(caption) != len(image_embeds):
             raise ValueError(f"{len(caption)} captions for {len(image_embeds)} image embeddings: give one each, or one string")
         if latents is not None and len(latents) != len(image_embeds):
@@ -393,6 +390,10 @@ def _check(prompts, n, sampler, output_type):
         raise ValueError("prompt must be a string or a non-empty list of strings")
     if n < 1:
         raise ValueError(f"num_images_per_prompt must be at least 1, got {n}")
+    _check_sampler_output(sampler, output_type)
+
+
+def _check_sampler_output(sampler, output_type):
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
     if output_type not in ("pil", "np", "pt"):

@@ -153,9 +153,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 def save_checkpoint(run: Path, weights: dict, ema_weights: dict, ema_updates: int, optimizer: tuple[dict, dict],
                     step: int, cfg: TrainConfig, extra: dict) -> None:
     """Write run/checkpoint atomically: a fresh directory, then a rename swap."""
-    tmp = run / f".checkpoint-{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _fresh_dir(run / "checkpoint")
     save_safetensors(weights, tmp / "model.safetensors")
     save_safetensors(ema_weights, tmp / "ema.safetensors")
     opt_tensors, opt_meta = optimizer
@@ -166,6 +164,14 @@ def save_checkpoint(run: Path, weights: dict, ema_weights: dict, ema_updates: in
 
     write_bytes_atomic(tmp / "state.json", json.dumps(state).encode())  # fsynced, as the tensors
     _swap_in(tmp, run / "checkpoint")
+
+
+def _fresh_dir(final: Path) -> Path:
+    """An empty directory beside `final` to write its next version into (then `_swap_in`)."""
+    tmp = final.parent / f".{final.name}-{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
@@ -182,9 +188,7 @@ def _swap_in(tmp: Path, final: Path) -> None:
 def export_atomic(task, model, final: Path) -> None:
     """task.export into a fresh directory, swapped in whole: a crash never leaves a new decoder beside an
     old text_proj."""
-    tmp = final.parent / f".{final.name}-{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _fresh_dir(final)
     task.export(model, tmp)
     _swap_in(tmp, final)
 
@@ -227,6 +231,13 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"decay_steps is the wsd schedule's; add --lr-schedule wsd (the schedule is {cfg.lr_schedule!r})")
     if cfg.lora_rank and cfg.train_only:
         raise ValueError("--train-only with --lora-rank would train base weights that the LoRA export leaves out; use one")
+    if cfg.export not in ("best", "last"):
+        raise ValueError(f"export must be 'best' or 'last', not {cfg.export!r}")
+    if cfg.lr_schedule not in ("constant", "cosine", "wsd"):
+        raise ValueError(f"lr_schedule must be 'constant', 'cosine' or 'wsd', not {cfg.lr_schedule!r}")
+    if cfg.lr_schedule == "wsd" and not 0 < cfg.decay_steps <= cfg.max_steps:
+        raise ValueError(f"the wsd schedule needs 0 < decay_steps <= max_steps, got decay_steps={cfg.decay_steps} "
+                         f"with max_steps={cfg.max_steps}")
 
 
 def _check_resume(state: dict, cfg: TrainConfig, run: Path) -> None:
@@ -250,13 +261,6 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
     from unclip.stages import make_task
 
     check_config(cfg)
-    if cfg.export not in ("best", "last"):
-        raise ValueError(f"export must be 'best' or 'last', not {cfg.export!r}")
-    if cfg.lr_schedule not in ("constant", "cosine", "wsd"):
-        raise ValueError(f"lr_schedule must be 'constant', 'cosine' or 'wsd', not {cfg.lr_schedule!r}")
-    if cfg.lr_schedule == "wsd" and not 0 < cfg.decay_steps <= cfg.max_steps:
-        raise ValueError(f"the wsd schedule needs 0 < decay_steps <= max_steps, got decay_steps={cfg.decay_steps} "
-                         f"with max_steps={cfg.max_steps}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     mp = cfg.mixed_precision
@@ -417,8 +421,9 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
                 grad_norm = grad_norm.full_tensor()
             what = "gradient"  # gradients are reduced across processes already: every rank sees the same norm
         done = step + 1
-        bad_grad = grad_norm is not None and not math.isfinite(float(grad_norm)) and acc.scaler is None  # (fp16's
-        if finite.item() < 1.0 or bad_grad:  # scaler skips such steps itself and must see them to lower its scale)
+        # (under fp16 the grad scaler skips an inf step itself, and must see it to lower its scale)
+        bad_grad = grad_norm is not None and not math.isfinite(float(grad_norm)) and acc.scaler is None
+        if finite.item() < 1.0 or bad_grad:
             opt.zero_grad(set_to_none=True)  # the weights and the EMA stay as they were
             bad += 1
             _append(metrics_path, {"step": step, "skipped": f"non-finite {what}"}) if acc.is_main_process else None

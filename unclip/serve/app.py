@@ -178,8 +178,7 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
 
     def queue_full() -> None:
         if worker.queued() >= limits.max_queue:
-            raise HTTPException(429, detail=f"the queue is full ({limits.max_queue} jobs); retry later",
-                                headers={"Retry-After": str(_retry_after(worker))})
+            raise busy()
 
     def seed_of(seed: int | None) -> int:
         if seed is None or seed < 0:
@@ -187,12 +186,15 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         check_int("seed", seed, 0, 2**63 - 1)
         return seed
 
+    def busy() -> HTTPException:
+        return HTTPException(429, detail=f"the queue is full ({limits.max_queue} jobs); retry later",
+                             headers={"Retry-After": str(_retry_after(worker))})
+
     def enqueue(job: Job) -> Job:
         try:
             return worker.submit(job)
         except QueueFull:
-            raise HTTPException(429, detail=f"the queue is full ({limits.max_queue} jobs); retry later",
-                                headers={"Retry-After": str(_retry_after(worker))}) from None
+            raise busy() from None
 
     def submit(job: Job) -> JSONResponse:
         enqueue(job)
