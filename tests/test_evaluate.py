@@ -46,7 +46,7 @@ def test_evaluate_end_to_end_with_a_convnext_judge(tiny_model_dir, built_dataset
                  batch=2, generate_kwargs={"prior_steps": 2, "decoder_steps": 2, "upsampler_steps": 2}, progress=False)
     for split in ("heldout_images", "heldout_concepts"):
         m = r["splits"][split]
-        assert m["prompts"] == 4 and m["fd"] >= 0 and m["fd_ci95"][0] <= m["fd_ci95"][1] and m["kid_std"] >= 0
+        assert m["prompts"] == 4 and m["fd"] >= 0 and m["fd_ci95"][0] <= m["fd_ci95"][1] and m["kid_se"] > 0 and m["clip_score_se"] >= 0
         assert all(0 <= m[k] <= 1 for k in ("precision", "recall", "top1", "top5", "top1_real", "top5_real"))
         assert m["top1"] <= m["top5"] and -1 <= m["clip_score"] <= 1
         pp = m["per_prompt"]  # the summaries are the per-prompt values' means
@@ -156,7 +156,7 @@ def test_report_runs_every_section_and_writes_markdown(tiny_model_dir, built_dat
 def test_sampler_plot_draws_point_estimates(tmp_path):
     from unclip.report import _plot_samplers
 
-    row = {"sampler": "ddim", "steps": "25/25/7", "seconds_per_image": 0.4, "fd": 296.5, "kid": 0.2, "kid_std": 0.01}
+    row = {"sampler": "ddim", "steps": "25/25/7", "seconds_per_image": 0.4, "fd": 296.5, "kid": 0.2, "kid_se": 0.01}
     _plot_samplers([row], tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 1000
 
@@ -172,6 +172,21 @@ def test_kid_is_unbiased_across_sample_sizes_where_fd_is_not():
     assert frechet_distance(real, same[:16]) > 3 * frechet_distance(real, same)  # FD: biased by n
     m, sd = kid(real, shifted)
     assert m > 5 * sd > 0
+
+
+def test_kid_standard_error_matches_the_spread_over_generated_sets():
+    from unclip.evaluate import kid
+
+    g = torch.Generator().manual_seed(1)
+    real = torch.randn(500, 16, generator=g)
+    draws = [kid(real, torch.randn(48, 16, generator=g) * 1.2 + 0.2) for _ in range(150)]
+    values, ses = torch.tensor([d[0] for d in draws]), torch.tensor([d[1] for d in draws])
+    spread = float(values.std())  # the real uncertainty of one generated set's KID
+    assert 0.7 < float(ses.mean()) / spread < 1.5  # the jackknife estimates it from one set
+    same = kid(real, real[:48])  # a generated set from the reals themselves: KID 0 within its error
+    assert abs(same[0]) < 3 * same[1]
+    with pytest.raises(ValueError, match="feature sets of one width"):
+        kid(real, torch.randn(48, 8))
 
 
 def test_report_says_which_section_did_not_run():
@@ -310,19 +325,29 @@ def test_the_oracle_prior_decodes_each_prompts_own_image_embedding(tiny_model_di
 
 
 def _claim_row(setting, fd, clip, kid=None, **kw):
-    kid = fd / 1000 if kid is None else kid  # KID ranges kid ± 2 x 0.005: separated when 0.02 apart
-    return {"setting": setting, "fd": fd, "kid": kid, "kid_std": 0.005, "clip_score": clip, "top5": 0.0,
-            "seconds_per_image": 1.0, "tiling": 0.2, **kw}
+    kid = fd / 1000 if kid is None else kid  # apart when |Δ| > 2·hypot(se, se): KID 0.014, CLIP score 0.028
+    return {"setting": setting, "fd": fd, "kid": kid, "kid_se": 0.005, "clip_score": clip, "clip_score_se": 0.01,
+            "top5": 0.0, "seconds_per_image": 1.0, "tiling": 0.2, **kw}
+
+
+def _diversity_rows(unclip_minus_caption: float):
+    rows = []
+    for g in (1.0, 3.0, 8.0):
+        base = [0.50, 0.52, 0.49, 0.51]
+        for name, shift in (("unCLIP", unclip_minus_caption), ("caption-only decoder", 0.0)):
+            per = [b + shift + 0.01 * (i % 2) for i, b in enumerate(base)]
+            rows.append({"decoder_guidance": g, "setting": name, "diversity": sum(per) / 4, "diversity_per_prompt": per})
+    return rows
 
 
 def test_claim_verdicts_follow_the_numbers_both_ways():
     from unclip.claims import verdicts
     from unclip.report import render_markdown
 
-    sampler = {"dpm++": {"sampler": "dpm++", "steps": "6/12/2", "fd": 305, "kid": 0.305, "kid_std": 0.005,
+    sampler = {"dpm++": {"sampler": "dpm++", "steps": "6/12/2", "fd": 305, "kid": 0.305, "kid_se": 0.005,
                          "seconds_per_image": 0.5, "decoder_guidance": 3.0},
                "ref": {"sampler": "diffusers UnCLIPPipeline (ddpm)", "steps": "25/25/7", "fd": 300, "kid": 0.300,
-                       "kid_std": 0.005, "seconds_per_image": 2.0, "decoder_guidance": 3.0}}
+                       "kid_se": 0.005, "seconds_per_image": 2.0, "decoder_guidance": 3.0}}
     good = {"conditioning": [_claim_row("caption only (no z_i)", 300, 0.20), _claim_row("z_t as z_i", 290, 0.25),
                              _claim_row("prior z_i (unCLIP)", 250, 0.30),
                              _claim_row("the image's own z_i (oracle prior)", 240, 0.31, top5=0.125)],
@@ -330,35 +355,40 @@ def test_claim_verdicts_follow_the_numbers_both_ways():
             "clip_guided": [_claim_row("CLIP-guided (caption-conditioned decoder)", 400, 0.1, tiling=0.4),
                             _claim_row("unCLIP", 250, 0.3)],
             "samplers": [sampler["dpm++"], sampler["ref"]],
-            "guidance": [{"decoder_guidance": g, "setting": name, "diversity": d} for g, name, d in
-                         ((1.0, "unCLIP", 0.1), (1.0, "caption-only decoder", 0.9), (3.0, "unCLIP", 0.6),
-                          (3.0, "caption-only decoder", 0.5), (8.0, "unCLIP", 0.5), (8.0, "caption-only decoder", 0.4))]}
+            "guidance": _diversity_rows(+0.1)}
     lines = verdicts(good)
     assert len(lines) == 5
     cond, guid, prior, samp, guided = lines
-    assert "is the best conditioning** (paper): holds" in cond and "top-5 12.5% (prior: 0.0%)" in cond
-    assert "overlap" not in cond  # KID 0.25 ± 0.01 vs 0.29 ± 0.01: separated
-    assert ": holds" in guid and "guidance 1" not in guid  # guidance 1 is no guidance: not part of the claim
-    assert ": mixed on the point estimates (KID ranges overlap" in prior  # lower FD, lower CLIP score; 0.280 vs 0.285
-    assert ": holds" in samp and "4.0× less time" in samp  # KID 0.305 not separated from 0.300; 2.0 / 0.5 s
+    assert "is the best conditioning** (paper): holds (KID better; CLIP score better)" in cond
+    assert "top-5 12.5% (prior: 0.0%)" in cond and "KID 0.250 ± 0.005" in cond
+    assert ": holds" in guid and "guidance 1:" not in guid  # guidance 1 is no guidance: not part of the claim
+    assert "+0.100 ± 0.000 over 4 prompts" in guid
+    assert ": mixed (KID not separated; CLIP score worse)" in prior  # KID 0.280 vs 0.285, CLIP 0.30 vs 0.35
+    assert ": holds (KID not worse beyond chance)" in samp and "4.0× less time" in samp  # 0.305 vs 0.300
     assert ": holds" in guided and "show more repeated motifs" in guided
 
     bad = {**good, "samplers": [{**sampler["dpm++"], "fd": 330, "kid": 0.330}, sampler["ref"]],
            "clip_guided": [_claim_row("CLIP-guided (caption-conditioned decoder)", 200, 0.4, tiling=0.1),
                            _claim_row("unCLIP", 250, 0.3)],
-           "guidance": [{**r, "diversity": 1 - r["diversity"]} for r in good["guidance"]]}
+           "guidance": _diversity_rows(-0.1)}
     _, guid, _, samp, guided = verdicts(bad)
     assert ": does not hold" in guid and ": mixed" in samp  # 4× faster, but KID 0.330 is separated above 0.300
-    assert ": does not hold" in guided and "show fewer repeated motifs" in guided
-    near = {"conditioning": [good["conditioning"][0], _claim_row("z_t as z_i", 265, 0.25, kid=0.262),
-                             good["conditioning"][2]]}
-    assert "KID ranges overlap" in verdicts(near)[0]  # 0.250 ± 0.01 meets 0.262 ± 0.01
-    assert ": does not hold on quality; time not compared" in verdicts(bad, upsample=False)[3]
+    assert ": does not hold (KID worse; CLIP score worse)" in guided and "show fewer repeated motifs" in guided
+    near = {"conditioning": [good["conditioning"][0], _claim_row("z_t as z_i", 265, 0.29, kid=0.262),
+                             good["conditioning"][2]],
+            "guidance": _diversity_rows(0.0)}
+    cond, guid = verdicts(near)
+    assert "(paper): not separated (KID not separated; CLIP score not separated)" in cond  # 0.250 vs 0.262; 0.30 vs 0.29
+    assert ": not separated." in guid
+    assert ": does not hold (KID worse beyond chance) on quality; time not compared" in verdicts(bad, upsample=False)[3]
     # a report from before KID: no valid interval, said so; rows at different guidance: not resolved
-    old = {"conditioning": [{k: v for k, v in r.items() if not k.startswith("kid")} for r in good["conditioning"]],
-           "samplers": [sampler["dpm++"], {**sampler["ref"], "decoder_guidance": None}]}
-    cond, samp = verdicts(old)
-    assert "no valid interval in this report: not resolved" in cond
+    old = {"conditioning": [{k: v for k, v in r.items() if not k.startswith("kid") and not k.endswith("_se")}
+                            for r in good["conditioning"]],
+           "samplers": [sampler["dpm++"], {**sampler["ref"], "decoder_guidance": None}],
+           "guidance": [{k: v for k, v in r.items() if k != "diversity_per_prompt"} for r in good["guidance"]]}
+    cond, guid, samp = verdicts(old)
+    assert "holds (FD on point estimates only (no interval in this report: not resolved)" in cond
+    assert ": holds on point estimates only (no interval: not resolved)" in guid
     assert "not resolved: the rows ran at different decoder guidance" in samp
     md = render_markdown({"model": "m", "n": 16, "seed": 0, "sections": {"priors": good["priors"]}})
     assert "## The paper's claims at this scale" in md and "autoregressive prior** (paper): " in md

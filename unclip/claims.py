@@ -1,28 +1,65 @@
 """The paper's claims, checked against a report's sections: one plain verdict per claim, with its numbers.
 
-Each verdict reads the same rows the report's tables show (held-out concepts, the judge's FD and KID,
-CLIP score, diversity, seconds per image). "holds" needs every named measure to go the paper's way;
-"does not hold" needs every one against it; anything between is "mixed". The distance part counts
-as separated only when the rows' KID ranges (mean ± 2 std over subsets) do not overlap; rows without
-KID (reports made before it) have no valid interval, and the verdict says the distance part is a
-comparison of point estimates only.
+Each verdict reads the same rows the report's tables show (held-out concepts, the judge's KID and CLIP
+score, diversity, seconds per image). A measure counts for or against a claim only when the rows differ
+beyond chance: by more than twice the standard error of their difference (KID: jackknife over the
+generated images; CLIP score: over prompts; diversity: paired over the same prompts). "holds" needs every
+named measure to go the paper's way, "does not hold" every one against it, "not separated" none apart,
+and anything between is "mixed". Rows from older reports (no standard errors) are compared on their
+point estimates, and the verdict says it is not resolved.
 """
 
+import math
 
-def _verdict(wins: list[bool]) -> str:
-    return "holds" if all(wins) else "does not hold" if not any(wins) else "mixed"
+MEASURES = (("kid", "KID", True), ("clip_score", "CLIP score", False))  # (key, name, lower is better)
 
 
-def _overlap(a: dict, b: dict) -> bool | None:
-    """Do two rows' KID ranges (mean ± 2 std) share a point? None: no KID (an older report): unknown."""
-    if "kid" not in a or "kid" not in b:
+def _verdict(outcomes: list[int]) -> str:
+    """+1/−1/0 per measure (for/against/not separated) -> the claim's verdict."""
+    if all(o == 1 for o in outcomes):
+        return "holds"
+    if all(o == -1 for o in outcomes):
+        return "does not hold"
+    return "not separated" if all(o == 0 for o in outcomes) else "mixed"
+
+
+def _compare(a: dict, b: dict, key: str, lower_better: bool) -> int | None:
+    """+1: `a` better than `b` beyond chance, −1: worse, 0: within 2 standard errors of their difference;
+    None: a row has no standard error (an older report)."""
+    se_a, se_b = a.get(f"{key}_se"), b.get(f"{key}_se")
+    if a.get(key) is None or b.get(key) is None or se_a is None or se_b is None or math.isnan(se_a + se_b):
         return None
-    return max(a["kid"] - 2 * a["kid_std"], b["kid"] - 2 * b["kid_std"]) <= min(a["kid"] + 2 * a["kid_std"],
-                                                                                b["kid"] + 2 * b["kid_std"])
+    d = (b[key] - a[key]) if lower_better else (a[key] - b[key])
+    return 0 if abs(d) <= 2 * math.hypot(se_a, se_b) else (1 if d > 0 else -1)
+
+
+def _beats(row: dict, *others: dict) -> tuple[list[int], str]:
+    """Per measure: +1 when `row` is better than every other row beyond chance, −1 when worse than one of them,
+    0 otherwise; and a note naming how each measure came out. Without standard errors (older rows): the point
+    estimates decide (FD for the distance), and the note says so."""
+    outcomes, words = [], []
+    for key, name, lower in MEASURES:
+        cmp = [_compare(row, o, key, lower) for o in others]
+        if any(c is None for c in cmp):
+            key = "fd" if key == "kid" and "kid" not in row else key
+            better = all((row[key] < o[key]) if lower else (row[key] > o[key]) for o in others)
+            outcomes.append(1 if better else -1)
+            words.append(f"{'FD' if key == 'fd' else name} on point estimates only (no interval in this report: not resolved)")
+            continue
+        o = 1 if all(c == 1 for c in cmp) else -1 if any(c == -1 for c in cmp) else 0
+        outcomes.append(o)
+        words.append(f"{name} {['not separated', 'better', 'worse'][o]}")
+    return outcomes, "; ".join(words)
 
 
 def _fd(r: dict) -> str:
-    return f"FD {r['fd']:.1f}" + (f", KID {r['kid']:.4f} ± {r['kid_std']:.4f}" if "kid" in r else "")
+    if "kid_se" in r:
+        return f"KID {r['kid']:.3f} ± {r['kid_se']:.3f}, FD {r['fd']:.1f}"
+    return f"FD {r['fd']:.1f}"
+
+
+def _clip(r: dict) -> str:
+    return f"{r['clip_score']:.3f}" + (f" ± {r['clip_score_se']:.3f}" if "clip_score_se" in r else "")
 
 
 def _pick(rows: list[dict], *settings: str) -> list[dict] | None:
@@ -31,50 +68,55 @@ def _pick(rows: list[dict], *settings: str) -> list[dict] | None:
     return [by[s] for s in settings] if all(s in by for s in settings) else None
 
 
-def _beats(row: dict, *others: dict) -> list[bool]:
-    """Does `row` have a lower FD and a higher CLIP score than every one of the others?"""
-    return [row["fd"] < min(o["fd"] for o in others), row["clip_score"] > max(o["clip_score"] for o in others)]
-
-
-def _caveat(row: dict, *others: dict) -> str:
-    """Said when the distance part is not separated (KID ranges overlap) or cannot be (no KID)."""
-    overlaps = [_overlap(row, o) for o in others]
-    if any(o is None for o in overlaps):
-        return " on the point estimates (FD only, no valid interval in this report: not resolved)"
-    if any(overlaps):
-        return " on the point estimates (KID ranges overlap: not separated at this n)"
-    return ""
-
-
 def conditioning(rows: list[dict]) -> str | None:
     picked = _pick(rows, "prior z_i (unCLIP)", "z_t as z_i", "caption only (no z_i)")
     if picked is None:
         return None
     prior, zt, caption = picked
-    line = (f"**The prior's z_i is the best conditioning** (paper): {_verdict(_beats(prior, zt, caption))}"
-            f"{_caveat(prior, zt, caption)}. Prior z_i {_fd(prior)}, CLIP score {prior['clip_score']:.3f}; z_t as z_i "
-            f"{_fd(zt)}, {zt['clip_score']:.3f}; caption only {_fd(caption)}, {caption['clip_score']:.3f}.")
+    outcomes, note = _beats(prior, zt, caption)
+    line = (f"**The prior's z_i is the best conditioning** (paper): {_verdict(outcomes)} ({note}). Prior z_i {_fd(prior)}, "
+            f"CLIP score {_clip(prior)}; z_t as z_i {_fd(zt)}, {_clip(zt)}; caption only {_fd(caption)}, {_clip(caption)}.")
     oracle = (_pick(rows, "the image's own z_i (oracle prior)") or [None])[0]
     if oracle:
-        line += (f" With each image's own z_i (a perfect prior): {_fd(oracle)}, CLIP score {oracle['clip_score']:.3f}, "
+        line += (f" With each image's own z_i (a perfect prior): {_fd(oracle)}, CLIP score {_clip(oracle)}, "
                  f"top-5 {oracle['top5']:.1%} (prior: {prior['top5']:.1%}).")
     return line
+
+
+def _paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of a − b over the same prompts and its standard error."""
+    d = [x - y for x, y in zip(a, b) if not math.isnan(x - y)]
+    if len(d) < 2:
+        return (d[0] if d else float("nan")), float("nan")
+    mean = sum(d) / len(d)
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
 
 
 def guidance(rows: list[dict]) -> str | None:
     pairs = {}
     for r in rows:
         if r.get("diversity") is not None and r["decoder_guidance"] > 1:
-            pairs.setdefault(r["decoder_guidance"], {})[r["setting"]] = r["diversity"]
+            pairs.setdefault(r["decoder_guidance"], {})[r["setting"]] = r
     pairs = {g: p for g, p in sorted(pairs.items()) if {"unCLIP", "caption-only decoder"} <= set(p)}
     if not pairs:
         return None
-    wins = [p["unCLIP"] > p["caption-only decoder"] for p in pairs.values()]
-    nums = "; ".join(f"guidance {g:g}: unCLIP {p['unCLIP']:.3f} vs {p['caption-only decoder']:.3f}" for g, p in pairs.items())
+    outcomes, nums, resolved = [], [], True
+    for g, p in pairs.items():
+        u, c = p["unCLIP"], p["caption-only decoder"]
+        if "diversity_per_prompt" in u and "diversity_per_prompt" in c:
+            d, se = _paired(u["diversity_per_prompt"], c["diversity_per_prompt"])
+            outcomes.append(0 if math.isnan(se) or abs(d) <= 2 * se else (1 if d > 0 else -1))
+            nums.append(f"guidance {g:g}: unCLIP {u['diversity']:.3f} vs {c['diversity']:.3f} (paired difference "
+                        f"{d:+.3f} ± {se:.3f} over {len(u['diversity_per_prompt'])} prompts)")
+        else:
+            resolved = False
+            outcomes.append(1 if u["diversity"] > c["diversity"] else -1)
+            nums.append(f"guidance {g:g}: unCLIP {u['diversity']:.3f} vs {c['diversity']:.3f}")
     return (f"**unCLIP keeps more diversity than a caption-conditioned decoder under guidance** (paper): "
-            f"{_verdict(wins)}. Diversity within a prompt, {nums}. (Diversity is 1 − cos between a prompt's samples, "
-            f"which off-target images also raise; few prompts and no interval; the caption-only decoder is this decoder "
-            f"with z_i dropped, not a separately trained GLIDE.)")
+            f"{_verdict(outcomes)}" + ("" if resolved else " on point estimates only (no interval: not resolved)")
+            + f". Diversity within a prompt, {'; '.join(nums)}. (Diversity is 1 − cos between a prompt's samples, "
+            f"which off-target images also raise; the caption-only decoder is this decoder with z_i dropped, not a "
+            f"separately trained GLIDE.)")
 
 
 def priors(rows: list[dict]) -> str | None:
@@ -82,11 +124,11 @@ def priors(rows: list[dict]) -> str | None:
     if picked is None:
         return None
     d, a = picked
-    return (f"**The diffusion prior beats the autoregressive prior** (paper): "
-            f"{_verdict(_beats(d, a))}{_caveat(d, a)}. Diffusion {_fd(d)}, CLIP score {d['clip_score']:.3f}, "
-            f"{d['seconds_per_image']:.2f} s/image; autoregressive {_fd(a)}, {a['clip_score']:.3f}, "
-            f"{a['seconds_per_image']:.2f} s/image. (Two snapshots, not matched compute: see each prior's training "
-            f"steps in the model card.)")
+    outcomes, note = _beats(d, a)
+    return (f"**The diffusion prior beats the autoregressive prior** (paper): {_verdict(outcomes)} ({note}). "
+            f"Diffusion {_fd(d)}, CLIP score {_clip(d)}, {d['seconds_per_image']:.2f} s/image; autoregressive {_fd(a)}, "
+            f"{_clip(a)}, {a['seconds_per_image']:.2f} s/image. (Two snapshots, not matched compute: see each prior's "
+            f"training steps in the model card.)")
 
 
 def samplers(rows: list[dict], speedup: float = 3.0, upsample: bool = True) -> str | None:
@@ -102,12 +144,14 @@ def samplers(rows: list[dict], speedup: float = 3.0, upsample: bool = True) -> s
     if ref.get("decoder_guidance") is None or ref.get("decoder_guidance") != fast.get("decoder_guidance"):
         return (title + "not resolved: the rows ran at different decoder guidance, so their FDs compare guidance, "
                 "not samplers (rerun `unclip report --sections samplers`). " + numbers + ".")
-    overlap = _overlap(fast, ref)
-    same = fast["fd"] <= ref["fd"] or overlap is True  # at most diffusers' FD, or not separated from it
-    wins = [same, ratio >= speedup] if upsample else [same]  # times compare only when both upsample
-    return (title + f"{_verdict(wins)}" + ("" if upsample else " on quality; time not compared here (ours not "
-                                           "upsampled, diffusers' always; `unclip bench generate --diffusers` times both to "
-                                           "256 px)") + f". {numbers}" + (f": {ratio:.1f}× less time" if upsample else "")
+    cmp = _compare(fast, ref, "kid", True)
+    same = (fast["fd"] <= ref["fd"]) if cmp is None else cmp >= 0  # not worse than diffusers beyond chance
+    how = (" (FD point estimates: not resolved)" if cmp is None else
+           f" (KID {'not worse' if cmp >= 0 else 'worse'} beyond chance)")
+    wins = [1 if same else -1] + ([1 if ratio >= speedup else -1] if upsample else [])  # times compare only when both upsample
+    return (title + _verdict(wins) + how + ("" if upsample else " on quality; time not compared here (ours not "
+                                            "upsampled, diffusers' always; `unclip bench generate --diffusers` times both to "
+                                            "256 px)") + f". {numbers}" + (f": {ratio:.1f}× less time" if upsample else "")
             + " (diffusers' prior samples once; ours keeps the best of 2).")
 
 
@@ -117,10 +161,11 @@ def clip_guided(rows: list[dict]) -> str | None:
         return None
     u, g = picked
     tiles = ("more" if g["tiling"] > u["tiling"] else "fewer")
+    outcomes, note = _beats(u, g)
     return (f"**unCLIP beats the CLIP-guided baseline** (the case against CLIP guidance unCLIP answered): "
-            f"{_verdict(_beats(u, g))}{_caveat(u, g)}. unCLIP {_fd(u)}, "
-            f"CLIP score {u['clip_score']:.3f}, {u['seconds_per_image']:.2f} s/image; CLIP-guided {_fd(g)}, "
-            f"{g['clip_score']:.3f}, {g['seconds_per_image']:.2f} s/image. The CLIP-guided images show {tiles} repeated motifs "
+            f"{_verdict(outcomes)} ({note}). unCLIP {_fd(u)}, "
+            f"CLIP score {_clip(u)}, {u['seconds_per_image']:.2f} s/image; CLIP-guided {_fd(g)}, "
+            f"{_clip(g)}, {g['seconds_per_image']:.2f} s/image. The CLIP-guided images show {tiles} repeated motifs "
             f"(tiling {g['tiling']:.3f} vs {u['tiling']:.3f}; critics of CLIP guidance report more: tiled, repeated objects).")
 
 

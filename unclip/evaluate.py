@@ -53,25 +53,29 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     return covered(fake, real, radii(real)), covered(real, fake, radii(fake))
 
 
-def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kid(real: torch.Tensor, fake: torch.Tensor, max_real: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Kernel inception distance (Bińkowski et al. 2018) on any features: the unbiased MMD² under the cubic
-    polynomial kernel (x·y/F + 1)³, averaged over `subsets` random subsets of min(size, N, M) of each set
-    (without replacement); returns (mean, std over subsets). Unlike FD it has no sample-size bias, so
-    its values compare across n, and its spread says how far two values must differ to mean anything."""
-    g = torch.Generator().manual_seed(seed)
+    polynomial kernel (x·y/F + 1)³ between the real images (at most `max_real`, drawn at random) and every
+    generated one; returns (KID, its standard error). The error is the delete-one jackknife over the
+    generated samples: the part of the uncertainty that differs between two models judged against the same
+    real images (two KIDs differ beyond chance when |a − b| > 2·sqrt(se_a² + se_b²)). Unlike FD, KID has no
+    sample-size bias, so its values compare across n."""
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"kid needs two (N, F) feature sets of one width, got {tuple(real.shape)} and {tuple(fake.shape)}")
     real, fake = real.double(), fake.double()
-    m, d = min(size, len(real), len(fake)), real.shape[1]
-    if m < 2:
+    if len(real) > max_real:
+        real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:max_real]]
+    n, m, d = len(real), len(fake), real.shape[1]
+    if n < 2 or m < 3:
         return float("nan"), float("nan")
-    vals = []
-    for _ in range(subsets):
-        x = real[torch.randperm(len(real), generator=g)[:m]]
-        y = fake[torch.randperm(len(fake), generator=g)[:m]]
-        kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
-        off = m * (m - 1)
-        vals.append(float((kxx.sum() - kxx.trace()) / off + (kyy.sum() - kyy.trace()) / off - 2 * kxy.mean()))
-    v = torch.tensor(vals)
-    return float(v.mean()), float(v.std())
+    kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((real, real), (fake, fake), (real, fake)))
+    xx = (kxx.sum() - kxx.trace()) / (n * (n - 1))
+    row_yy = kyy.sum(1) - kyy.diagonal()  # (M,) each generated sample's kernel sum with the others
+    col_xy = kxy.sum(0)  # (M,) each generated sample's kernel sum with the reals
+    value = xx + row_yy.sum() / (m * (m - 1)) - 2 * col_xy.sum() / (n * m)
+    loo = xx + (row_yy.sum() - 2 * row_yy) / ((m - 1) * (m - 2)) - 2 * (col_xy.sum() - col_xy) / (n * (m - 1))  # (M,)
+    se = ((m - 1) / m * ((loo - loo.mean()) ** 2).sum()).sqrt()
+    return float(value), float(se)
 
 
 def bootstrap_fd(real: torch.Tensor, fake: torch.Tensor, n: int = 20, seed: int = 0) -> tuple[float, float]:
@@ -230,7 +234,7 @@ def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, d
         t = view.texts(prompts)
         fd = frechet_distance(f_real, f_fake)
         lo, hi = bootstrap_fd(f_real, f_fake)
-        kid_mean, kid_std = kid(f_real, f_fake, seed=seed)
+        kid_value, kid_se = kid(f_real, f_fake, seed=seed)
         prec, rec = precision_recall(f_real, f_fake)
         rank, rank_real = view.ranks(e_fake, concepts), view.ranks(e_real_pick, concepts)
         clip_score, clip_score_real = (e_fake * t).sum(-1), (e_real_pick * t).sum(-1)  # (N,)
@@ -238,9 +242,10 @@ def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, d
             # fd_ci95: the basic bootstrap over the generated set; it need not hold the estimate and does not
             # cover the population FD (FD's small-sample bias): compare FDs at equal n only, and use KID's spread
             "prompts": len(prompts), "real_images": len(real_all), "fd": fd, "fd_ci95": [lo, hi],
-            "kid": kid_mean, "kid_std": kid_std,
+            "kid": kid_value, "kid_se": kid_se,
             "precision": prec, "recall": rec,
-            "clip_score": float(clip_score.mean()), "clip_score_real": float(clip_score_real.mean()),
+            "clip_score": float(clip_score.mean()), "clip_score_se": _se(clip_score),
+            "clip_score_real": float(clip_score_real.mean()),
             "top1": float((rank <= 1).float().mean()), "top5": float((rank <= 5).float().mean()),
             "top1_real": float((rank_real <= 1).float().mean()), "top5_real": float((rank_real <= 5).float().mean()),
             "concept_mrr": float((1 / rank).mean()), "concept_mrr_real": float((1 / rank_real).mean()),
@@ -396,4 +401,11 @@ def diversity(view: JudgeView, data: Path, prompts: int, samples: int, seed: int
         gen.append(mean_pairwise_distance(view.images(out)[1]))
         real.append(mean_pairwise_distance(view.images(uint8_to_tensor(np.asarray(images[by_concept[c]])))[1]))
     return {"prompts": len(chosen), "samples": samples, "generated": float(np.nanmean(gen)) if gen else None,
+            "generated_se": _se(torch.tensor(gen)) if gen else None, "per_prompt": gen,
             "real": float(np.nanmean(real)) if real else None}
+
+
+def _se(x: torch.Tensor) -> float:
+    """Standard error of a mean over independent values (prompts); nan below two values."""
+    x = x[~x.isnan()].double()
+    return float(x.std() / math.sqrt(len(x))) if len(x) >= 2 else float("nan")

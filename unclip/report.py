@@ -39,11 +39,12 @@ def tiling_score(images: torch.Tensor, exclude: float = 0.25) -> float:
 
 def _row(name: str, r: dict, split: str) -> dict:
     m = r["splits"][split]
-    out = {"setting": name, "fd": m["fd"], "kid": m["kid"], "kid_std": m["kid_std"], "precision": m["precision"],
-           "recall": m["recall"], "clip_score": m["clip_score"], "top1": m["top1"], "top5": m["top5"],
+    out = {"setting": name, "fd": m["fd"], "kid": m["kid"], "kid_se": m["kid_se"], "precision": m["precision"],
+           "recall": m["recall"], "clip_score": m["clip_score"], "clip_score_se": m["clip_score_se"], "top1": m["top1"], "top5": m["top5"],
            "seconds_per_image": r["seconds_per_image"], "tiling": tiling_score(m["images"])}
     if "diversity" in r:
         out["diversity"] = r["diversity"]["generated"]
+        out["diversity_per_prompt"] = r["diversity"]["per_prompt"]  # the same prompts and seeds in every row: paired
         out["diversity_real"] = r["diversity"]["real"]
     return out
 
@@ -262,7 +263,7 @@ def _table(rows: list[dict], keys: list[str]) -> str:
     return "\n".join(lines)
 
 
-METRICS = ["fd", "fd_lo", "fd_hi", "kid", "kid_std", "precision", "recall", "clip_score", "top1", "top5", "diversity",
+METRICS = ["fd", "fd_lo", "fd_hi", "kid", "kid_se", "precision", "recall", "clip_score", "clip_score_se", "top1", "top5", "diversity",
            "seconds_per_image", "tiling"]  # (fd_lo/fd_hi: stored reports from before KID)
 
 
@@ -276,7 +277,9 @@ def render_markdown(results: dict) -> str:
           + "). Judge: a ConvNeXt "
           "CLIP trained separately for evaluation only (see README, Evaluating). Metrics on the held-out-concepts split "
           "unless noted; fd: Fréchet distance of the judge's features, biased by n (compare rows of one report "
-          "only); kid ± kid_std: kernel distance (unbiased) and its spread over subsets, what separates two rows; "
+          "only); kid ± kid_se: kernel distance (unbiased) and its standard error over the generated images (jackknife), "
+          "what separates two rows (apart when they differ by more than 2·sqrt(se² + se²)); clip_score_se: its standard "
+          "error over prompts; "
           "tiling: repetition score (higher = more repeated motifs). Reports before KID show fd_lo/fd_hi: a basic "
           "bootstrap over the generated set that need not hold the estimate and does not cover the population FD: "
           "not a confidence interval.", ""]
@@ -285,7 +288,7 @@ def render_markdown(results: dict) -> str:
         rows = [{"split": k, **{m: v for m, v in r.items() if not isinstance(v, (list, dict))},
                  **({"fd_lo": r["fd_ci95"][0], "fd_hi": r["fd_ci95"][1]} if "kid" not in r else {})}
                 for k, r in s["headline"]["splits"].items()]
-        md += [_table(rows, ["split", "fd", "fd_lo", "fd_hi", "kid", "kid_std", "precision", "recall", "clip_score",
+        md += [_table(rows, ["split", "fd", "fd_lo", "fd_hi", "kid", "kid_se", "precision", "recall", "clip_score",
                              "clip_score_real", "top1", "top1_real", "top5", "top5_real", "concept_mrr", "concept_mrr_real"]), ""]
         clean = {k: r["leak_free"] for k, r in s["headline"]["splits"].items() if r.get("leak_free", {}).get("prompts")}
         if clean:

@@ -134,7 +134,7 @@ def _eval(a) -> int:
         print(json.dumps(r))
         return 0
     for split, m in r["splits"].items():
-        print(f"{split:<17} FD {m['fd']:.3f} (n {m['prompts']})  KID {m['kid']:.4f} ± {m['kid_std']:.4f}  precision {m['precision']:.3f}  "
+        print(f"{split:<17} FD {m['fd']:.3f} (n {m['prompts']})  KID {m['kid']:.4f} ± {m['kid_se']:.4f} (se)  precision {m['precision']:.3f}  "
               f"recall {m['recall']:.3f}  CLIP score {m['clip_score']:.3f} (real {m['clip_score_real']:.3f})  "
               f"top-1 {m['top1']:.3f} / top-5 {m['top5']:.3f} (real {m['top1_real']:.3f} / {m['top5_real']:.3f})  "
               f"concept MRR {m['concept_mrr']:.3f} (real {m['concept_mrr_real']:.3f})")
