@@ -155,6 +155,23 @@ def test_non_finite_gradients_are_skipped_and_a_skipped_last_step_still_saves(tm
     assert all(torch.isfinite(v).all() for v in [*_weights(tmp_path / "g").values(), *ema.values()])
 
 
+def test_non_finite_gradients_are_caught_without_clipping_too(tmp_path):
+    train(_cfg(tmp_path, "g0", max_steps=6, max_bad_steps=3, grad_clip=0.0), task=ToyTask(poison_from=4, poison_grad=True),
+          log=lambda m: None)
+    lines = [json.loads(l) for l in (tmp_path / "g0" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if l.get("skipped") == "non-finite gradient"] == [4, 5]
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "g0").values())
+
+
+def test_fp16_without_a_gpu_is_refused_and_runs_switch_precision_in_one_process(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 runs on a GPU")
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):  # accelerate would silently run it in fp32 here
+        train(_cfg(tmp_path, "h", max_steps=3, mixed_precision="fp16"), task=ToyTask(), log=lambda m: None)
+    train(_cfg(tmp_path, "b", max_steps=2, mixed_precision="bf16"), task=ToyTask(), log=lambda m: None)
+    train(_cfg(tmp_path, "f", max_steps=2, mixed_precision="no"), task=ToyTask(), log=lambda m: None)  # was refused
+
+
 def test_a_run_resumes_only_with_its_own_settings_and_warm_up(tmp_path):
     from unclip.weights import save_safetensors
 

@@ -266,6 +266,12 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
     mp = cfg.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
+    if mp == "fp16" and not torch.cuda.is_available():
+        raise ValueError("--mixed-precision fp16 needs a GPU (on a CPU accelerate would run it in fp32); use bf16")
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # mixed precision is per run (a second train() in one process may differ); the
+    # process group (PartialState) stays
     acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())  # cpu=True: gloo across CPU processes
     world, rank = acc.num_processes, acc.process_index
     if cfg.batch_size % (world * cfg.grad_accum):
@@ -348,6 +354,8 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
     else:
         wrapped, opt = acc.prepare(wrapped, opt)
         ema.shadow = {k: v.to(acc.device) for k, v in ema.shadow.items()}  # beside the weights prepare moved
+    if acc.scaler is not None and "grad_scaler" in state:  # fp16: resume at the loss scale it had reached
+        acc.scaler.load_state_dict(state["grad_scaler"])
     device = acc.device
     n = len(task)
     local = cfg.batch_size // world
@@ -370,17 +378,18 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
         weights = full_state(acc.unwrap_model(wrapped).model.state_dict())
         optimizer = _optimizer_tensors(opt)
         h = evaluate(ema_full)
+        for name, tensors in (("weights", weights), ("EMA", ema_full)):  # on every process: full, identical tensors
+            if not all(torch.isfinite(v).all() for v in tensors.values() if v.dtype.is_floating_point):
+                raise NonFiniteLoss(f"non-finite {name} at step {step}: not saved over the last good checkpoint "
+                                    f"in {run}; lower --lr and resume from it")
         if acc.is_main_process:
-            for name, tensors in (("weights", weights), ("EMA", ema_full)):
-                if not all(torch.isfinite(v).all() for v in tensors.values() if v.dtype.is_floating_point):
-                    raise NonFiniteLoss(f"non-finite {name} at step {step}: not saved over the last good checkpoint "
-                                        f"in {run}; lower --lr and resume from it")
             improved = best is None or h < best
             best = h if improved else best
             if improved or cfg.export == "last":  # before the checkpoint that records this best
                 export_atomic(task, ema.copy_to(task.eval_model(), ema_full), run / "model")
             save_checkpoint(run, weights, ema_full, ema.updates, optimizer, step, cfg,
                             {"best_heldout": best, "heldout": h, "fingerprint": fingerprint, "warmup": warmup,
+                             **({"grad_scaler": acc.scaler.state_dict()} if acc.scaler is not None else {}),
                              **(task.checkpoint_state() if hasattr(task, "checkpoint_state") else {})})
             if hasattr(task, "preview"):  # a picture of where training stands, at every checkpoint
                 task.preview(ema.copy_to(task.eval_model(), ema_full), run / "previews" / f"step{step:07d}.png")
@@ -416,7 +425,8 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
         finite = acc.reduce(finite, reduction="mean") if world > 1 else finite
         grad_norm, what = None, "loss"
         if finite.item() == 1.0:
-            grad_norm = acc.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip) if cfg.grad_clip else None
+            # --grad-clip 0: the norm still checks the gradients for NaN/inf (clipping at inf scales by 1)
+            grad_norm = acc.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip or math.inf)
             if grad_norm is not None and hasattr(grad_norm, "full_tensor"):
                 grad_norm = grad_norm.full_tensor()
             what = "gradient"  # gradients are reduced across processes already: every rank sees the same norm
