@@ -57,3 +57,20 @@ def test_16_bit_greys_keep_their_tones_and_camera_orientation_is_applied():
     exif[0x0112] = 6  # "rotate 90° clockwise to view": how phones store portrait photos
     Image.new("RGB", (40, 20), "red").save(jpg, "JPEG", exif=exif.tobytes())
     assert open_raster(jpg.getvalue()).size == (20, 40)
+
+
+def test_size_limits_are_checked_on_the_header_before_any_decoding():
+    from unclip.data.render import open_raster
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 5000), dtype=np.uint8)).save(buf, "PNG")
+    header_only = buf.getvalue()[:100]  # truncated: decoding it would fail with "not a readable image"
+    with pytest.raises(CorruptImage, match="over the side limit of 4096 px"):
+        open_raster(header_only, max_side=4096)
+    with pytest.raises(CorruptImage, match="over the pixel limit"):
+        open_raster(header_only, max_pixels=1000)
+    with pytest.raises(CorruptImage, match="not a readable image"):
+        open_raster(header_only)  # within both limits: decoded, and the truncation found
+    assert open_raster(buf.getvalue(), max_side=5000).size == (5000, 8)

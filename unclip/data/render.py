@@ -36,15 +36,18 @@ def render_svg(data: bytes, size: int) -> Image.Image:
     return Image.open(io.BytesIO(png))
 
 
-def open_raster(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode a raster image fully; anything unreadable, truncated or over `max_pixels` is CorruptImage
-    (the size is read from the header, before any pixel is decoded: no decompression bombs)."""
+def open_raster(data: bytes, max_pixels: int = MAX_PIXELS, max_side: int | None = None) -> Image.Image:
+    """Decode a raster image fully; anything unreadable, truncated, over `max_pixels` or with a side over
+    `max_side` is CorruptImage (the size is read from the header, before any pixel is decoded: no
+    decompression bombs)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             if im.width * im.height > max_pixels:
                 raise CorruptImage(f"{im.width}x{im.height} is over the pixel limit")
+            if max_side is not None and max(im.size) > max_side:
+                raise CorruptImage(f"{im.width}x{im.height} is over the side limit of {max_side} px")
             im.load()  # decodes now, so truncation is caught here
             im = ImageOps.exif_transpose(im)  # a camera's orientation tag: the picture as it is seen
             im = to_8bit(im)

@@ -152,11 +152,9 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         """Decode, check the sides, and shrink to max_resolution: a job keeps only the small copy."""
         from PIL import Image
 
-        from unclip.data.render import CorruptImage, open_raster
+        from unclip.data.render import open_raster
 
-        im = open_raster(data, limits.max_pixels)
-        if max(im.size) > limits.max_side:
-            raise CorruptImage(f"{im.width}x{im.height} is over the side limit of {limits.max_side} px")
+        im = open_raster(data, limits.max_pixels, limits.max_side)  # both checked on the header, before decoding
         if max(im.size) > limits.max_resolution:
             im = im.convert("RGBA" if "A" in im.getbands() or im.mode in ("P", "1", "L") else "RGB")
             im.thumbnail((limits.max_resolution, limits.max_resolution), Image.Resampling.LANCZOS)
