@@ -21,7 +21,7 @@ def _start(model_dir, *args):
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
     proc, url = _start(tiny_model_dir, "--max-queue", "2", "--max-images", "4", "--max-steps", "1000",
-                       "--max-upload-mb", "1", "--max-pixels", "1000000")
+                       "--max-upload-mb", "1", "--max-pixels", "1000000", "--allowed-host", "Proxy.example")
     yield url
     proc.terminate()
     proc.wait(10)
@@ -155,6 +155,8 @@ def test_requests_from_other_web_origins_and_hosts_are_refused(server):
     r = httpx.get(server + "/healthz", headers={"Host": "evil.example"})  # DNS rebinding onto loopback
     assert r.status_code == 400 and "unexpected Host" in r.text
     assert httpx.get(server.replace("127.0.0.1", "localhost") + "/healthz").status_code == 200
+    for host in ("proxy.example", "PROXY.example:443"):  # --allowed-host: what a reverse proxy here forwards
+        assert httpx.get(server + "/healthz", headers={"Host": host}).status_code == 200
 
 
 def test_limits_must_be_positive():

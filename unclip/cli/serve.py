@@ -28,6 +28,9 @@ def register(sub) -> None:
     sv.add_argument("--max-steps", type=_positive(int), default=100, help="steps per stage per request")
     sv.add_argument("--max-upload-mb", type=_positive(float), default=8.0, help="largest request body")
     sv.add_argument("--max-pixels", type=_positive(int), default=4096 * 4096, help="largest uploaded image (width × height)")
+    sv.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                    help="also answer this Host name when bound to loopback (repeat; e.g. the name a reverse proxy "
+                         "on this machine forwards)")
     sv.add_argument("--threads", type=int, default=0)
     add_precision(sv)
     sv.set_defaults(fn=_serve)
@@ -49,5 +52,5 @@ def _serve(a) -> int:
         print(f"warning: serving on {a.host} without an API key; anyone who can reach it can use it", file=sys.stderr)
     limits = Limits(max_queue=a.max_queue, max_images=a.max_images, max_steps=a.max_steps,
                     max_upload_bytes=int(a.max_upload_mb * 2**20), max_pixels=a.max_pixels)
-    serve(a.model, a.host, a.port, key, limits, a.threads, precision=a.precision)
+    serve(a.model, a.host, a.port, key, limits, a.threads, precision=a.precision, allowed_hosts=a.allowed_host)
     return 0

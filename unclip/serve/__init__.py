@@ -2,7 +2,8 @@
 
 
 def serve(model_dir=None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, limits=None,
-          threads: int = 0, log_level: str = "info", precision: str = "fp32") -> None:
+          threads: int = 0, log_level: str = "info", precision: str = "fp32", allowed_hosts=()) -> None:
+    """allowed_hosts: Host names answered besides the loopback ones when bound to loopback (a reverse proxy's)."""
     import torch
     import uvicorn
 
@@ -17,5 +18,6 @@ def serve(model_dir=None, host: str = "127.0.0.1", port: int = 8000, api_key: st
         torch.set_num_threads(threads)
     loopback = ("127.0.0.1", "localhost", "::1")
     app = create_app(UnCLIPPipeline.from_pretrained(model_dir).set_precision(precision), model_dir, limits, api_key,
-                     allowed_hosts=loopback if host in loopback else None)  # loopback: no DNS rebinding
+                     allowed_hosts=(*loopback, *(h.lower() for h in allowed_hosts)) if host in loopback else None)
+    # loopback: no DNS rebinding
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5, limit_concurrency=256)
