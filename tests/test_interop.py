@@ -97,6 +97,22 @@ def test_pickles_and_broken_tensors_are_refused_with_their_names(karlo_dir, tmp_
         unclip.load(d)
 
 
+def test_schedulers_other_than_ours_are_refused_with_the_setting(karlo_dir, tmp_path):
+    d = tmp_path / "k"
+    shutil.copytree(karlo_dir, d)
+    f = d / "prior_scheduler" / "scheduler_config.json"
+    cfg = json.loads(f.read_text())
+    f.write_text(json.dumps({**cfg, "prediction_type": "epsilon"}))
+    with pytest.raises(ValueError, match="prior_scheduler.*prediction_type 'epsilon' \\(supported: 'sample'\\)"):
+        unclip.load(d)
+    f.write_text(json.dumps({**cfg, "num_train_timesteps": 500}))
+    with pytest.raises(ValueError, match="num_train_timesteps 500 \\(supported: 1000\\)"):
+        unclip.load(d)
+    f.unlink()  # no config: nothing says otherwise
+    shutil.rmtree(d / "prior_scheduler")
+    assert unclip.load(d).prior is not None
+
+
 def test_export_refuses_what_diffusers_cannot_hold(tiny_model_dir, tmp_path):
     from unclip.interop import export_diffusers
 

@@ -104,6 +104,7 @@ def load_diffusers(path: Path):
     def load(cls, name):
         return load_diffusers_module(cls, path / name)
 
+    _check_schedulers(path, present)
     text_encoder = _load_text_encoder(path, index)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     image_encoder, mean, std = None, None, None
@@ -125,6 +126,31 @@ def load_diffusers(path: Path):
             raise ValueError(f"{path}: super_res_first renders {high} px, not a multiple of the decoder's {low} px")
         parts["upsampler"] = Upsampler.wrap(first, last, factor=high // low)
     return UnCLIPPipeline(**parts, name=path.name)
+
+
+# What our samplers assume of each stage (Karlo's schedulers): the training schedule and the output's meaning.
+SCHEDULER_EXPECTS = {
+    "prior_scheduler": {"prediction_type": "sample", "clip_sample": True, "clip_sample_range": 5.0},
+    "decoder_scheduler": {"prediction_type": "epsilon"},
+    "super_res_scheduler": {"prediction_type": "epsilon"},
+}
+
+
+def _check_schedulers(path: Path, present: set) -> None:
+    """Each scheduler folder's config must describe the schedule our samplers run (UnCLIPScheduler's
+    squaredcos_cap_v2 over 1000 steps, each stage's prediction type and clipping): a directory that trained
+    its stages otherwise would sample wrongly without a word, so it is refused naming the setting."""
+    for name, expects in SCHEDULER_EXPECTS.items():
+        f = path / name / "scheduler_config.json"
+        if name not in present or not f.exists():
+            continue  # absent: nothing says otherwise (we run Karlo's schedule)
+        cfg = json.loads(f.read_text())
+        want = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", **expects}
+        defaults = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "epsilon",
+                    "clip_sample": True, "clip_sample_range": 1.0}  # UnCLIPScheduler's own
+        bad = [f"{k} {cfg.get(k, defaults[k])!r} (supported: {v!r})" for k, v in want.items() if cfg.get(k, defaults[k]) != v]
+        if bad:
+            raise ValueError(f"{f}: {'; '.join(bad)}; unclip samples this stage only as Karlo's schedulers do")
 
 
 def _load_text_encoder(path: Path, index: dict):
