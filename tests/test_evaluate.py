@@ -151,6 +151,10 @@ def test_report_runs_every_section_and_writes_markdown(tiny_model_dir, built_dat
         next(pipe.decoder.parameters()).add_(1e-3)
     changed = run_report(pipe, judge, built_dataset, tmp_path, **same)
     assert set(changed["sections"]) == {"priors"}
+    # decoder images judged, but our samplers also timed to 256 px (diffusers' always upsamples)
+    small = run_report(pipe, judge, built_dataset, tmp_path / "s", n=2, sections=["samplers"], upsample=False,
+                       compare_diffusers=False, log=lambda *_: None)
+    assert all(row["seconds_per_image_256"] > 0 for row in small["sections"]["samplers"])
 
 
 def test_sampler_plot_draws_point_estimates(tmp_path):
@@ -364,7 +368,7 @@ def test_claim_verdicts_follow_the_numbers_both_ways():
     assert ": holds" in guid and "guidance 1:" not in guid  # guidance 1 is no guidance: not part of the claim
     assert "+0.100 ± 0.000 over 4 prompts" in guid
     assert ": mixed (KID not separated; CLIP score worse)" in prior  # KID 0.280 vs 0.285, CLIP 0.30 vs 0.35
-    assert ": holds (KID not worse beyond chance)" in samp and "4.0× less time" in samp  # 0.305 vs 0.300
+    assert ": holds (KID not worse beyond chance)" in samp and "4.0× less time to 256 px" in samp  # 0.305 vs 0.300
     assert ": holds" in guided and "show more repeated motifs" in guided
 
     bad = {**good, "samplers": [{**sampler["dpm++"], "fd": 330, "kid": 0.330}, sampler["ref"]],
@@ -381,6 +385,9 @@ def test_claim_verdicts_follow_the_numbers_both_ways():
     assert "(paper): not separated (KID not separated; CLIP score not separated)" in cond  # 0.250 vs 0.262; 0.30 vs 0.29
     assert ": not separated." in guid
     assert ": does not hold (KID worse beyond chance) on quality; time not compared" in verdicts(bad, upsample=False)[3]
+    timed = {"samplers": [{**sampler["dpm++"], "seconds_per_image": 0.3, "seconds_per_image_256": 1.0}, sampler["ref"]]}
+    line = verdicts(timed, upsample=False)[0]  # decoder-only images judged, but ours also timed to 256 px
+    assert ": mixed (KID not worse beyond chance). " in line and "2.0× less time to 256 px (ours 1.00 s/image)" in line
     # a report from before KID: no valid interval, said so; rows at different guidance: not resolved
     old = {"conditioning": [{k: v for k, v in r.items() if not k.startswith("kid") and not k.endswith("_se")}
                             for r in good["conditioning"]],

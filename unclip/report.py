@@ -118,6 +118,9 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
             st = DEFAULT_STEPS[sampler]
             rows.append({"sampler": sampler, "steps": f"{st['prior']}/{st['decoder']}/{st['upsampler']}",
                          **_row(sampler, ev(sampler, sampler=sampler, div=0), split)})
+            if not upsample:  # diffusers always upsamples: our time to 256 px too, on the same prompts and seeds
+                rows[-1]["seconds_per_image_256"] = ev(f"{sampler} to 256 px", sampler=sampler, div=0,
+                                                       upsample=True)["seconds_per_image"]
         if compare_diffusers:
             guidance = pipe.default_decoder_guidance()
             with diffusers_generate(pipe, guidance) as theirs:  # the same guidance as our rows
@@ -264,7 +267,7 @@ def _table(rows: list[dict], keys: list[str]) -> str:
 
 
 METRICS = ["fd", "fd_lo", "fd_hi", "kid", "kid_se", "precision", "recall", "clip_score", "clip_score_se", "top1", "top5", "diversity",
-           "seconds_per_image", "tiling"]  # (fd_lo/fd_hi: stored reports from before KID)
+           "seconds_per_image", "seconds_per_image_256", "tiling"]  # (fd_lo/fd_hi: stored reports from before KID)
 
 
 def render_markdown(results: dict) -> str:
