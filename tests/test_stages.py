@@ -242,6 +242,19 @@ def test_ar_prior_quantizer_roundtrip_and_overfit(built_dataset, tiny_clip_dir):
     out = task.model.generate(b["text_hidden"], b["text_mask"], b["text_embed"], torch.Generator().manual_seed(0))
     assert out.shape == (2, 384)
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(2))
+    # sampling with the KV cache sees the logits a full forward pass gives for the codes it drew
+    m, logits, codes = task.model, [], []
+    head, embed = m.head.forward, m.code_embedding.forward
+    m.head.forward = lambda h: logits.append(head(h)) or logits[-1]
+    m.code_embedding.forward = lambda c: codes.append(c) or embed(c)
+    try:
+        m.generate(b["text_hidden"], b["text_mask"], b["text_embed"], torch.Generator().manual_seed(0))
+    finally:
+        del m.head.forward, m.code_embedding.forward
+    dot = torch.randint(m.config.dot_buckets // 2, m.config.dot_buckets, (2,), generator=torch.Generator().manual_seed(0))
+    drawn = torch.stack(codes, 1)  # (2, dims)
+    full = m(b["text_hidden"], b["text_mask"], b["text_embed"], dot, drawn)  # (2, dims, buckets)
+    torch.testing.assert_close(torch.stack(logits, 1), full, atol=1e-4, rtol=1e-4)
 
 
 def test_decoder_training_writes_previews_at_checkpoints(built_dataset, tiny_clip_dir, tmp_path):

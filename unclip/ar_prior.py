@@ -8,6 +8,7 @@ predicts the k bucket indices in order of decreasing variance. At sampling the d
 is drawn from the top half of its buckets, which steers towards images that match the caption.
 """
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,17 @@ import torch.nn.functional as F
 
 from unclip.conditioning import ConditionedTask
 from unclip.weights import load_safetensors, save_safetensors
+
+
+@functools.cache
+def _cache_name() -> str:
+    """The KV cache's argument and output name: `cache` in recent transformers 5.x, `past_key_values` before."""
+    import inspect
+
+    from transformers import GPT2Model
+
+    return "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
+
 
 
 @dataclass
@@ -127,8 +139,8 @@ class ARPrior(nn.Module):
 
         for j in tqdm(range(self.dims), desc=progress, disable=progress is None, leave=False):
             report_step(progress, j, self.dims)
-            out = self.gpt(inputs_embeds=x, attention_mask=mask, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = self.gpt(inputs_embeds=x, attention_mask=mask, use_cache=True, **{_cache_name(): past})
+            past = out[_cache_name()]
             probs = F.softmax(self.head(out.last_hidden_state[:, -1]).float() / temperature, -1)
             c = torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
             codes.append(c)

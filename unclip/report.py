@@ -318,7 +318,10 @@ def render_markdown(results: dict) -> str:
     lines = verdicts(s, upsample=results.get("upsample", True))
     if lines:
         md += ["## The paper's claims at this scale", "",
-               "Each verdict from the tables above (held-out concepts): \"holds\" when every measure named goes the "
-               "claim's way, \"does not hold\" when none does, \"mixed\" otherwise.", ""]
+               "Each verdict from the tables above (held-out concepts). A measure counts only when two rows differ "
+               "beyond chance (by more than twice the standard error of their difference: KID's jackknife, CLIP "
+               "score's over prompts, diversity paired over prompts): \"holds\" when every measure named goes the "
+               "claim's way, \"does not hold\" when every one goes against it, \"not separated\" when none is apart, "
+               f"\"mixed\" otherwise. At n = {results['n']} prompts only large differences separate.", ""]
         md += [f"- {line}" for line in lines] + [""]
     return "\n".join(md)
