@@ -238,6 +238,10 @@ def test_eval_from_the_cli_prints_both_splits(tiny_model_dir, built_dataset, tmp
     assert main(args[:3] + ["--decoder-guidance", "1"] + args[3:] + ["--json"]) == 0
     d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["paired_with"]["splits"]["heldout_images"]
     assert d["clip_score"]["mean"] != 0 and d["clip_score"]["ci95"][0] <= d["clip_score"]["mean"] <= d["clip_score"]["ci95"][1]
+    assert main(args[:3] + ["--best-of", "3"] + args[3:] + ["--json"]) == 0  # more prior samples to choose from
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["generate"]["best_of"] == 3
+    assert main(args[:3] + ["--best-of", "3", "--prior", "image"] + args[3:]) == 2
+    assert "drop --prior-steps, --prior-guidance and --best-of" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("[1, 2]")
     assert main(args[:-1] + [str(tmp_path / "bad.json")]) == 2
     assert "not an `unclip eval --json` report" in capsys.readouterr().err

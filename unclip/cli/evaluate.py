@@ -34,6 +34,7 @@ def register(sub) -> None:
                          "image's own z_i (an oracle prior: what the decoder reaches from a perfect z_i; no diversity)")
     ev.add_argument("--prior-guidance", type=float, help="default: the pipeline's (4)")
     ev.add_argument("--decoder-guidance", type=float, help="default: the model's (its decoder config), else 8")
+    ev.add_argument("--best-of", type=int, help="prior samples per image, the one closest to z_t kept (default: the pipeline's, 2)")
     ev.add_argument("--reconstructions", type=int, default=16,
                     help="held-out images decoded from their own z_i: the decoder alone, without the prior (0: skip)")
     ev.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="a LoRA adapter applied first (repeatable)")
@@ -110,12 +111,14 @@ def _eval(a) -> int:
     for k in ("prior_guidance", "decoder_guidance"):
         if getattr(a, k) is not None:
             kw[k + "_scale"] = getattr(a, k)
+    if a.best_of is not None:
+        kw["best_of"] = a.best_of
     generate, diversity_prompts = None, a.diversity_prompts
     if a.prior == "image":
         from unclip.evaluate import own_embeds_generate
 
-        if a.prior_steps is not None or a.prior_guidance is not None:
-            raise ValueError("--prior image uses no prior: drop --prior-steps and --prior-guidance")
+        if a.prior_steps is not None or a.prior_guidance is not None or a.best_of is not None:
+            raise ValueError("--prior image uses no prior: drop --prior-steps, --prior-guidance and --best-of")
         generate, diversity_prompts = own_embeds_generate(pipe, a.data, **kw), 0
     elif a.prior != "diffusion":
         kw["prior"] = a.prior
