@@ -104,3 +104,34 @@ def test_disk_full_keeps_finished_work(registry, tmp_path, monkeypatch):
     monkeypatch.setattr("unclip.fsutil.os.replace", real_replace)
     m = build(_cfg(out), log=lambda *a: None)
     assert m["counts"]["images"] > 0
+
+
+def test_split_version_2_keeps_skin_tones_and_gender_twins_on_one_side():
+    from unclip.data.build import assign_split, concept_family
+
+    cfg1, cfg2 = BuildConfig(heldout_concepts=0.3, heldout_images=0.3), BuildConfig(heldout_concepts=0.3, heldout_images=0.3, split_version=2)
+    tones = [f"1F44B-{t}" for t in ("1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF")]  # one emoji, five skin tones
+    concepts = [f"c{i}" for i in range(200)]
+    v1 = [{assign_split(c, f"twemoji_{c}_{t}", cfg1, c, "twemoji") for t in tones} for c in concepts]
+    v2 = [{assign_split(c, f"twemoji_{c}_{t}", cfg2, c, "twemoji") for t in tones} for c in concepts]
+    assert any(len(s) > 1 for s in v1)  # version 1: one skin tone held out, its siblings trained
+    assert all(len(s) == 1 for s in v2) and any(s == {"heldout_images"} for s in v2)
+    held = {}  # per family: is each of its concepts a held-out concept? all or none
+    for i in range(60):
+        for label in (f"teacher {i}", f"woman teacher {i}", f"man teacher {i}"):
+            held.setdefault(concept_family(label), set()).add(assign_split(label, label, cfg2, label, "noto") == "heldout_concepts")
+    assert len(held) == 60 and all(len(s) == 1 for s in held.values()) and {True} in held.values()
+    with pytest.raises(ValueError, match="split_version must be 1 or 2"):
+        assign_split("c", "k", BuildConfig(split_version=3))
+    assert BuildConfig().build_id([]) != BuildConfig(split_version=2).build_id([])
+
+
+def test_split_version_2_build(registry, tmp_path):
+    samples = _samples(build(_cfg(tmp_path / "v2", split_version=2), log=lambda *a: None) and tmp_path / "v2")
+    side = {}
+    for s in samples:
+        side.setdefault((s["concept"], s["style"]), set()).add(s["split"])
+    assert all(len(v) == 1 for v in side.values())
+    train = {build_mod.concept_family(s["concept_label"]) for s in samples if s["split"] == "train"}
+    held = {build_mod.concept_family(s["concept_label"]) for s in samples if s["split"] == "heldout_concepts"}
+    assert held and not held & train

@@ -136,13 +136,10 @@ NEAR_COPY = 8.0  # mean |difference| at 64 px on 0-255 below which two images ar
 
 
 def _twin_label(label: str) -> str:
-    """A concept label with gender and direction taken out: "woman teacher" and "teacher" meet."""
-    import re
+    """A concept label with gender and direction taken out (the dataset's `concept_family`)."""
+    from unclip.data.build import concept_family
 
-    label = re.sub(r":? ?facing right", "", label.lower())
-    label = re.sub(r"\b(man|woman|person|men|women|people)\b", "", label)
-    label = re.sub(r"([:,])(\s*,)+", r"\1", label)  # "family: , boy" -> "family: boy"
-    return re.sub(r"\s+", " ", label).strip(" :,")
+    return concept_family(label)
 
 
 def leak_free(data: Path, split: str, pick: np.ndarray) -> np.ndarray:

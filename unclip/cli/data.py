@@ -16,6 +16,9 @@ def register(sub) -> None:
     b.add_argument("--jobs", type=int, default=0, help="render processes (default: one per core)")
     b.add_argument("--seed", type=int, default=0, help="seed of the split and shuffle (default: 0)")
     b.add_argument("--allow-noncommercial", action="store_true", help="include sources licensed for non-commercial use")
+    b.add_argument("--split-version", type=int, choices=(1, 2), default=1,
+                   help="1: the shipped model's split (default); 2: leak-free: held-out images drawn per concept and "
+                        "style, held-out concepts with gender and direction folded")
     b.set_defaults(fn=_data_build)
 
     im = data.add_parser("import", help="your captioned images (folder or WebDataset tars) -> shards for embed/train")
@@ -54,7 +57,7 @@ def _data_build(a) -> int:
 
     sources = a.sources.split(",") if a.sources else None
     cfg = BuildConfig(out=a.out, sources=sources, size=a.size, limit=a.limit, jobs=a.jobs, seed=a.seed,
-                      allow_noncommercial=a.allow_noncommercial)
+                      allow_noncommercial=a.allow_noncommercial, split_version=a.split_version)
     build(cfg)
     return 0
 

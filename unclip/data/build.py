@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import tarfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,11 +46,14 @@ class BuildConfig:
     seed: int = 0
     shard_size: int = 1000
     jobs: int = 0  # render processes; 0: one per core
+    split_version: int = 1  # 1: the shipped model's split; 2: leak-free (see assign_split)
 
     def build_id(self, sources: list[Source]) -> str:
         d = asdict(self)
         for k in ("out", "jobs"):
             d.pop(k)
+        if d["split_version"] == 1:  # version 1 datasets keep the id they were built (and trained) with
+            d.pop("split_version")
         d["sources"] = [(s.name, s.package, s.version) for s in sources]
         d["format"] = FORMAT_VERSION
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -59,11 +63,31 @@ def _unit(text: str) -> float:
     return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big") / 2**64
 
 
-def assign_split(concept: str, key: str, cfg: BuildConfig) -> str:
-    """Held-out concepts first (by concept hash), then held-out images of seen concepts."""
-    if _unit(f"{cfg.seed}:concept:{concept}") < cfg.heldout_concepts:
+def concept_family(label: str) -> str:
+    """A concept label with gender and direction taken out: "woman teacher" and "teacher" meet."""
+    label = re.sub(r":? ?facing right", "", label.lower())
+    label = re.sub(r"\b(man|woman|person|men|women|people)\b", "", label)
+    label = re.sub(r"([:,])(\s*,)+", r"\1", label)  # "family: , boy" -> "family: boy"
+    return re.sub(r"\s+", " ", label).strip(" :,")
+
+
+def assign_split(concept: str, key: str, cfg: BuildConfig, label: str = "", style: str = "") -> str:
+    """Held-out concepts first, then held-out images of seen concepts, each by a hash of its unit.
+
+    split_version 1 (the shipped model's): concepts by concept (skin tones folded), images one by one,
+    so a held-out image can have a skin-tone sibling of the same style in training (a near copy), and
+    "woman teacher" can be held out while "teacher" trains. Version 2 (leak-free): concepts by family
+    (`concept_family` of the label: gender and direction folded) and images by concept and style (every
+    skin tone of one emoji in one style together)."""
+    if cfg.split_version == 2:
+        concept_unit, image_unit = f"family:{concept_family(label or concept)}", f"image:{concept}:{style}"
+    elif cfg.split_version == 1:
+        concept_unit, image_unit = f"concept:{concept}", f"image:{key}"
+    else:
+        raise ValueError(f"split_version must be 1 or 2, got {cfg.split_version!r}")
+    if _unit(f"{cfg.seed}:{concept_unit}") < cfg.heldout_concepts:
         return "heldout_concepts"
-    if _unit(f"{cfg.seed}:image:{key}") < cfg.heldout_images:
+    if _unit(f"{cfg.seed}:{image_unit}") < cfg.heldout_images:
         return "heldout_images"
     return "train"
 
@@ -215,7 +239,7 @@ def _write_shards(sources, parts, db: EmojiDB, cfg: BuildConfig, out: Path, buil
             seen.add(e["sha1"])
             info = db.get(e["hexcode"])
             key = f"{source.style}_{info.hexcode}"
-            split = assign_split(info.concept, key, cfg)
+            split = assign_split(info.concept, key, cfg, info.base_label, source.style)
             meta = {
                 "key": key, "hexcode": info.hexcode, "concept": info.concept, "label": info.label,
                 "concept_label": info.base_label, "captions": make_captions(info, source.style_names, key),
