@@ -55,6 +55,17 @@ def test_evaluate_end_to_end_with_a_convnext_judge(tiny_model_dir, built_dataset
         assert m["clip_score"] == pytest.approx(np.mean(pp["clip_score"])) and m["concept_mrr"] == pytest.approx((1 / rank).mean())
     assert r["diversity"]["prompts"] == 2 and 0 <= r["diversity"]["generated"] <= 2
     assert all(v["mean"] == 0 and v["ci95"] == [0, 0] for m in paired(r, r).values() for v in m.values())
+    calls = []
+    pipe = unclip.load(tiny_model_dir)
+
+    def counted(prompts, g):
+        calls.append(len(prompts))
+        return pipe(prompts, 1, generator=g, output_type="pt", prior_steps=2, decoder_steps=2, upsampler_steps=2).images * 2 - 1
+
+    w = evaluate(pipe, judge, built_dataset, n=4, diversity_prompts=0, batch=2, generate=counted, progress=False,
+                 warmup=True)
+    assert calls == [2] * 5  # one untimed warm-up call, then two timed batches per split
+    assert all(w["splits"][k]["per_prompt"] == r["splits"][k]["per_prompt"] for k in r["splits"])  # the same images
     for m in r["splits"].values():  # the leak-free subset is the flagged prompts' numbers
         flags = np.asarray(m["per_prompt"]["leak_free"])
         assert m["leak_free"]["prompts"] == flags.sum()
@@ -242,6 +253,8 @@ def test_eval_from_the_cli_prints_both_splits(tiny_model_dir, built_dataset, tmp
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["generate"]["best_of"] == 3
     assert main(args[:3] + ["--best-of", "3", "--prior", "image"] + args[3:]) == 2
     assert "drop --prior-steps, --prior-guidance and --best-of" in capsys.readouterr().err
+    assert main(args[:3] + ["--best-of", "3", "--prior", "text"] + args[3:]) == 2
+    assert "--prior text samples no prior: drop --best-of" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("[1, 2]")
     assert main(args[:-1] + [str(tmp_path / "bad.json")]) == 2
     assert "not an `unclip eval --json` report" in capsys.readouterr().err
@@ -397,10 +410,14 @@ def test_claim_verdicts_follow_the_numbers_both_ways():
                             for r in good["conditioning"]],
            "samplers": [sampler["dpm++"], {**sampler["ref"], "decoder_guidance": None}],
            "guidance": [{k: v for k, v in r.items() if k != "diversity_per_prompt"} for r in good["guidance"]]}
+    old["conditioning"][2]["kid"], old["conditioning"][2]["kid_std"] = 0.25, 0.02  # the first KID reports
     cond, guid, samp = verdicts(old)
     assert "holds (FD on point estimates only (no interval in this report: not resolved)" in cond
+    assert "Prior z_i KID 0.250 (spread 0.020), FD 250.0" in cond
     assert ": holds on point estimates only (no interval: not resolved)" in guid
     assert "not resolved: the rows ran at different decoder guidance" in samp
+    one = {"priors": [{**r, "clip_score_se": float("nan")} for r in good["priors"]]}  # one prompt: no error
+    assert "(KID not separated; CLIP score not separated)" in verdicts(one)[0]
     md = render_markdown({"model": "m", "n": 16, "seed": 0, "sections": {"priors": good["priors"]}})
     assert "## The paper's claims at this scale" in md and "autoregressive prior** (paper): " in md
     assert "claims at this scale" not in render_markdown({"model": "m", "n": 16, "seed": 0, "sections": {}})

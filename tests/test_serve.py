@@ -159,6 +159,15 @@ def test_requests_from_other_web_origins_and_hosts_are_refused(server):
         assert httpx.get(server + "/healthz", headers={"Host": host}).status_code == 200
 
 
+def test_allowed_host_names_are_normalised_or_refused():
+    from unclip.serve import host_names
+
+    assert host_names(["Proxy.example:8443", "[fd00::1]", "box"]) == ("proxy.example", "fd00::1", "box")
+    for bad in ("", "a/b", "user@host", ":80"):
+        with pytest.raises(ValueError, match="is not a host name"):
+            host_names([bad])
+
+
 def test_limits_must_be_positive():
     from unclip.cli import build_parser
     from unclip.serve.app import Limits

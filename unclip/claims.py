@@ -27,8 +27,10 @@ def _compare(a: dict, b: dict, key: str, lower_better: bool) -> int | None:
     """+1: `a` better than `b` beyond chance, −1: worse, 0: within 2 standard errors of their difference;
     None: a row has no standard error (an older report)."""
     se_a, se_b = a.get(f"{key}_se"), b.get(f"{key}_se")
-    if a.get(key) is None or b.get(key) is None or se_a is None or se_b is None or math.isnan(se_a + se_b):
+    if a.get(key) is None or b.get(key) is None or se_a is None or se_b is None:
         return None
+    if math.isnan(se_a + se_b):  # too few samples for an error (e.g. one prompt): nothing can be told apart
+        return 0
     d = (b[key] - a[key]) if lower_better else (a[key] - b[key])
     return 0 if abs(d) <= 2 * math.hypot(se_a, se_b) else (1 if d > 0 else -1)
 
@@ -41,7 +43,7 @@ def _beats(row: dict, *others: dict) -> tuple[list[int], str]:
     for key, name, lower in MEASURES:
         cmp = [_compare(row, o, key, lower) for o in others]
         if any(c is None for c in cmp):
-            key = "fd" if key == "kid" and "kid" not in row else key
+            key = "fd" if key == "kid" else key  # KID without standard errors: an older report, FD as it judged
             better = all((row[key] < o[key]) if lower else (row[key] > o[key]) for o in others)
             outcomes.append(1 if better else -1)
             words.append(f"{'FD' if key == 'fd' else name} on point estimates only (no interval in this report: not resolved)")
@@ -55,6 +57,8 @@ def _beats(row: dict, *others: dict) -> tuple[list[int], str]:
 def _fd(r: dict) -> str:
     if "kid_se" in r:
         return f"KID {r['kid']:.3f} ± {r['kid_se']:.3f}, FD {r['fd']:.1f}"
+    if "kid_std" in r:  # an older report: the spread over subsets of the reals, not a standard error
+        return f"KID {r['kid']:.3f} (spread {r['kid_std']:.3f}), FD {r['fd']:.1f}"
     return f"FD {r['fd']:.1f}"
 
 
@@ -83,13 +87,13 @@ def conditioning(rows: list[dict]) -> str | None:
     return line
 
 
-def _paired(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Mean of a − b over the same prompts and its standard error."""
+def _paired(a: list[float], b: list[float]) -> tuple[float, float, int]:
+    """Mean of a − b over the same prompts, its standard error, and how many prompts had both."""
     d = [x - y for x, y in zip(a, b) if not math.isnan(x - y)]
     if len(d) < 2:
-        return (d[0] if d else float("nan")), float("nan")
+        return (d[0] if d else float("nan")), float("nan"), len(d)
     mean = sum(d) / len(d)
-    return mean, math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)), len(d)
 
 
 def guidance(rows: list[dict]) -> str | None:
@@ -104,10 +108,10 @@ def guidance(rows: list[dict]) -> str | None:
     for g, p in pairs.items():
         u, c = p["unCLIP"], p["caption-only decoder"]
         if "diversity_per_prompt" in u and "diversity_per_prompt" in c:
-            d, se = _paired(u["diversity_per_prompt"], c["diversity_per_prompt"])
+            d, se, k = _paired(u["diversity_per_prompt"], c["diversity_per_prompt"])
             outcomes.append(0 if math.isnan(se) or abs(d) <= 2 * se else (1 if d > 0 else -1))
             nums.append(f"guidance {g:g}: unCLIP {u['diversity']:.3f} vs {c['diversity']:.3f} (paired difference "
-                        f"{d:+.3f} ± {se:.3f} over {len(u['diversity_per_prompt'])} prompts)")
+                        f"{d:+.3f} ± {se:.3f} over {k} prompts)")
         else:
             resolved = False
             outcomes.append(1 if u["diversity"] > c["diversity"] else -1)

@@ -188,11 +188,13 @@ def judge_view(judge, data: Path) -> "JudgeView":
 
 def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, diversity_samples: int = 4,
              seed: int = 0, batch: int = 8, generate_kwargs: dict | None = None, progress: bool = True,
-             splits=SPLITS, generate=None, reconstructions: int = 0) -> dict:
+             splits=SPLITS, generate=None, reconstructions: int = 0, warmup: bool = False) -> dict:
     """Generated vs real held-out images under the judge; see the module docstring.
 
     `generate(prompts, generator) -> (B, 3, H, W) in [-1, 1]` replaces the pipeline's text-to-image
-    call (the CLIP-guided baseline, for one); `judge` may be a JudgeView already built."""
+    call (the CLIP-guided baseline, for one); `judge` may be a JudgeView already built. warmup: one
+    untimed call on the first batch before the timed ones (seconds_per_image without first-call costs,
+    for comparing times)."""
     import time
 
     from tqdm.auto import tqdm
@@ -215,6 +217,8 @@ def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, d
         fake = []
         bar = tqdm(total=len(prompts), desc=f"generate {split}", disable=not progress)
         for b in range(0, len(prompts), batch):
+            if warmup and made == 0 and b == 0:
+                generate(prompts[:batch], torch.Generator().manual_seed(seed * 1000))  # untimed, output dropped
             g = torch.Generator().manual_seed(seed * 1000 + b)
             t0 = time.perf_counter()
             out = generate(prompts[b:b + batch], g)  # (B, 3, H, W) in [-1, 1]

@@ -74,11 +74,11 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
         log(f"keeping the report's other sections ({', '.join(kept)}): same weights and settings")
     split = "heldout_concepts"
 
-    def ev(name, splits=(split,), div=diversity_prompts, generate=None, **kw):
+    def ev(name, splits=(split,), div=diversity_prompts, generate=None, warmup=False, **kw):
         t = time.time()
         r = evaluate(pipe, view, data, n=n, seed=seed, splits=splits, diversity_prompts=div,
                      diversity_samples=diversity_samples, generate_kwargs={"upsample": upsample, **kw}, generate=generate,
-                     progress=False)
+                     progress=False, warmup=warmup)
         log(f"  {name}: {time.time() - t:.0f} s")
         return r
 
@@ -117,15 +117,15 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
         for sampler in ("ddpm", "ddim", "dpm++"):
             st = DEFAULT_STEPS[sampler]
             rows.append({"sampler": sampler, "steps": f"{st['prior']}/{st['decoder']}/{st['upsampler']}",
-                         **_row(sampler, ev(sampler, sampler=sampler, div=0), split)})
+                         **_row(sampler, ev(sampler, sampler=sampler, div=0, warmup=True), split)})
             if not upsample:  # diffusers always upsamples: our time to 256 px too, on the same prompts and seeds
-                rows[-1]["seconds_per_image_256"] = ev(f"{sampler} to 256 px", sampler=sampler, div=0,
+                rows[-1]["seconds_per_image_256"] = ev(f"{sampler} to 256 px", sampler=sampler, div=0, warmup=True,
                                                        upsample=True)["seconds_per_image"]
         if compare_diffusers:
             guidance = pipe.default_decoder_guidance()
             with diffusers_generate(pipe, guidance) as theirs:  # the same guidance as our rows
                 rows.append({"sampler": "diffusers UnCLIPPipeline (ddpm)", "steps": "25/25/7", "decoder_guidance": guidance,
-                             **_row("diffusers", ev("diffusers", generate=theirs, div=0), split)})
+                             **_row("diffusers", ev("diffusers", generate=theirs, div=0, warmup=True), split)})
             for r in rows[:-1]:
                 r["decoder_guidance"] = guidance
         results["sections"]["samplers"] = rows
@@ -266,8 +266,8 @@ def _table(rows: list[dict], keys: list[str]) -> str:
     return "\n".join(lines)
 
 
-METRICS = ["fd", "fd_lo", "fd_hi", "kid", "kid_se", "precision", "recall", "clip_score", "clip_score_se", "top1", "top5", "diversity",
-           "seconds_per_image", "seconds_per_image_256", "tiling"]  # (fd_lo/fd_hi: stored reports from before KID)
+METRICS = ["fd", "fd_lo", "fd_hi", "kid", "kid_std", "kid_se", "precision", "recall", "clip_score", "clip_score_se", "top1", "top5", "diversity",
+           "seconds_per_image", "seconds_per_image_256", "tiling"]  # (fd_lo/fd_hi, kid_std: stored older reports)
 
 
 def render_markdown(results: dict) -> str:
@@ -291,7 +291,7 @@ def render_markdown(results: dict) -> str:
         rows = [{"split": k, **{m: v for m, v in r.items() if not isinstance(v, (list, dict))},
                  **({"fd_lo": r["fd_ci95"][0], "fd_hi": r["fd_ci95"][1]} if "kid" not in r else {})}
                 for k, r in s["headline"]["splits"].items()]
-        md += [_table(rows, ["split", "fd", "fd_lo", "fd_hi", "kid", "kid_se", "precision", "recall", "clip_score",
+        md += [_table(rows, ["split", "fd", "fd_lo", "fd_hi", "kid", "kid_std", "kid_se", "precision", "recall", "clip_score",
                              "clip_score_real", "top1", "top1_real", "top5", "top5_real", "concept_mrr", "concept_mrr_real"]), ""]
         clean = {k: r["leak_free"] for k, r in s["headline"]["splits"].items() if r.get("leak_free", {}).get("prompts")}
         if clean:

@@ -17,7 +17,28 @@ def serve(model_dir=None, host: str = "127.0.0.1", port: int = 8000, api_key: st
     if threads:
         torch.set_num_threads(threads)
     loopback = ("127.0.0.1", "localhost", "::1")
+    allowed_hosts = host_names(allowed_hosts)
+    if allowed_hosts and host not in loopback:
+        import sys
+
+        print(f"warning: --allowed-host has no effect: a server bound to {host} answers every Host name", file=sys.stderr)
     app = create_app(UnCLIPPipeline.from_pretrained(model_dir).set_precision(precision), model_dir, limits, api_key,
-                     allowed_hosts=(*loopback, *(h.lower() for h in allowed_hosts)) if host in loopback else None)
+                     allowed_hosts=(*loopback, *allowed_hosts) if host in loopback else None)
     # loopback: no DNS rebinding
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5, limit_concurrency=256)
+
+
+def host_names(names) -> tuple[str, ...]:
+    """`--allowed-host` values as the Host check compares them: lower case, without a port or IPv6 brackets."""
+    from urllib.parse import urlsplit
+
+    out = []
+    for name in names:
+        try:
+            host = None if any(c in name for c in "/?#@ \\") else urlsplit(f"//{name}").hostname
+        except ValueError:
+            host = None
+        if not host:
+            raise ValueError(f"--allowed-host {name!r} is not a host name")
+        out.append(host)
+    return tuple(out)
