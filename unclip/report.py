@@ -97,7 +97,7 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
     if "guidance" in sections:
         log("guidance")
         rows = []
-        for scale in (1.0, 3.0, 8.0):
+        for scale in sorted({1.0, 3.0, 8.0, pipe.default_decoder_guidance()}):  # and the model's own
             for name, prior in (("unCLIP", "diffusion"), ("caption-only decoder", "none")):
                 rows.append({"decoder_guidance": scale, **_row(name, ev(f"{name} @ {scale}", prior=prior,
                                                                           decoder_guidance_scale=scale), split)})
