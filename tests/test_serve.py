@@ -19,8 +19,20 @@ def _start(model_dir, *args):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    proc, url = _start(tiny_model_dir, "--max-queue", "2", "--max-images", "4", "--max-steps", "1000",
+def served_model(tiny_model_dir, tmp_path_factory):
+    """The tiny model with a decoder guidance of its own (1.5), so defaults that ignore it show."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("served") / "model"
+    shutil.copytree(tiny_model_dir, d)
+    cfg = d / "decoder_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "guidance_scale": 1.5}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(served_model):
+    proc, url = _start(served_model, "--max-queue", "2", "--max-images", "4", "--max-steps", "1000",
                        "--max-upload-mb", "1", "--max-pixels", "1000000", "--allowed-host", "Proxy.example")
     yield url
     proc.terminate()
@@ -94,6 +106,7 @@ def test_variations_interpolate_and_edit_jobs(server):
 
 
 def test_automatic1111_txt2img_progress_and_samplers(server):
+
     r = httpx.post(server + "/sdapi/v1/txt2img", json={"prompt": "red heart", "steps": 3, "cfg_scale": 5, "seed": 7,
                                                        "width": 512, "height": 512, "batch_size": 2,
                                                        "sampler_name": "DPM++ 2M", "restore_faces": False}, timeout=120)
@@ -103,6 +116,10 @@ def test_automatic1111_txt2img_progress_and_samplers(server):
     Image.open(io.BytesIO(base64.b64decode(body["images"][0]))).verify()
     info = json.loads(body["info"])
     assert info["seed"] == 7 and info["sampler"] == "dpm++" and info["width"] == 64
+    assert info["decoder_guidance_scale"] == 5
+    r = httpx.post(server + "/sdapi/v1/txt2img", json={"prompt": "red heart", "steps": 2, "seed": 7}, timeout=120)
+    assert r.status_code == 200, r.text  # no cfg_scale: the model's own guidance, not A1111's 7 or a fixed 8
+    assert json.loads(r.json()["info"])["decoder_guidance_scale"] == 1.5
     p = httpx.get(server + "/sdapi/v1/progress").json()
     assert set(p) >= {"progress", "eta_relative", "state", "current_image"} and 0 <= p["progress"] <= 1
     assert {s["name"] for s in httpx.get(server + "/sdapi/v1/samplers").json()} == {"DDPM", "DDIM", "DPM++ 2M"}
@@ -162,8 +179,9 @@ def test_requests_from_other_web_origins_and_hosts_are_refused(server):
 def test_allowed_host_names_are_normalised_or_refused():
     from unclip.serve import host_names
 
-    assert host_names(["Proxy.example:8443", "[fd00::1]", "box"]) == ("proxy.example", "fd00::1", "box")
-    for bad in ("", "a/b", "user@host", ":80"):
+    assert host_names(["Proxy.example:8443", "[fd00::1]", "box", "FD00::1", "::1"]) == (
+        "proxy.example", "fd00::1", "box", "fd00::1", "::1")
+    for bad in ("", "a/b", "user@host", ":80", "a:b:c", "host:abc", "host:99999", "exa\tmple"):
         with pytest.raises(ValueError, match="is not a host name"):
             host_names([bad])
 

@@ -350,7 +350,7 @@ class UnCLIPPipeline:
 
     def clip_guided(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, steps: int = 50,
                     clip_guidance_scale: float = 300.0, cutn: int = 16, condition: str = "caption",
-                    guidance_scale: float | None = 3.0, sampler: str = "ddim", eta: float = 0.0, upsampler_steps: int = 7,
+                    guidance_scale: float | None = None, sampler: str = "ddim", eta: float = 0.0, upsampler_steps: int = 7,
                     upsample: bool = True, generator: torch.Generator | None = None, output_type: str = "pil",
                     progress: bool = False) -> UnCLIPOutput:
         """The CLIP-guided baseline (clip_guided.py) on this model's decoder and CLIP: no prior, no z_i.

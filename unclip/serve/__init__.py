@@ -30,15 +30,27 @@ def serve(model_dir=None, host: str = "127.0.0.1", port: int = 8000, api_key: st
 
 def host_names(names) -> tuple[str, ...]:
     """`--allowed-host` values as the Host check compares them: lower case, without a port or IPv6 brackets."""
+    return tuple(_host_name(name) for name in names)
+
+
+def _host_name(name: str) -> str:
+    import ipaddress
     from urllib.parse import urlsplit
 
-    out = []
-    for name in names:
-        try:
-            host = None if any(c in name for c in "/?#@ \\") else urlsplit(f"//{name}").hostname
-        except ValueError:
-            host = None
-        if not host:
-            raise ValueError(f"--allowed-host {name!r} is not a host name")
-        out.append(host)
-    return tuple(out)
+    bad = ValueError(f"--allowed-host {name!r} is not a host name")
+    if not name or any(c.isspace() or c in "/?#@\\" for c in name):
+        raise bad
+    try:
+        return str(ipaddress.ip_address(name))  # a bare IPv6 address: its colons are no port
+    except ValueError:
+        pass
+    if name.count(":") > 1 and not name.startswith("["):
+        raise bad
+    try:
+        parts = urlsplit(f"//{name}")
+        parts.port  # noqa: B018  (raises on a port that is no number or out of range)
+    except ValueError:
+        raise bad from None
+    if not parts.hostname:
+        raise bad
+    return parts.hostname

@@ -76,7 +76,7 @@ class Txt2ImgRequest(BaseModel):
     negative_prompt: str = ""
     seed: int = -1
     steps: int = 25
-    cfg_scale: float = Field(8.0, allow_inf_nan=False)
+    cfg_scale: float | None = Field(None, allow_inf_nan=False)  # None: the model's own decoder guidance
     width: int = 64
     height: int = 64
     batch_size: int = 1
@@ -366,7 +366,8 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         check_int("steps", req.steps, 1, limits.max_steps)
         check_int("width", req.width, 1, limits.max_resolution)
         check_int("height", req.height, 1, limits.max_resolution)
-        check_float("cfg_scale", req.cfg_scale, 0, 100)
+        if req.cfg_scale is not None:
+            check_float("cfg_scale", req.cfg_scale, 0, 100)
         sampler = A1111_SAMPLERS[req.sampler_name or "DDIM"]
         job = enqueue(generate_job(GenerateRequest(prompt=req.prompt, num_images=n, seed=req.seed, sampler=sampler,
                                                    decoder_steps=req.steps, decoder_guidance_scale=req.cfg_scale)))
