@@ -31,7 +31,6 @@ def _cache_name() -> str:
     return "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
 
 
-
 @dataclass
 class ARPriorConfig:
     explained_variance: float = 0.99
@@ -137,10 +136,11 @@ class ARPrior(nn.Module):
 
         from unclip.sampling import report_step
 
+        cache = _cache_name()
         for j in tqdm(range(self.dims), desc=progress, disable=progress is None, leave=False):
             report_step(progress, j, self.dims)
-            out = self.gpt(inputs_embeds=x, attention_mask=mask, use_cache=True, **{_cache_name(): past})
-            past = out[_cache_name()]
+            out = self.gpt(inputs_embeds=x, attention_mask=mask, use_cache=True, **{cache: past})
+            past = out[cache]
             probs = F.softmax(self.head(out.last_hidden_state[:, -1]).float() / temperature, -1)
             c = torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
             codes.append(c)

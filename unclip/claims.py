@@ -29,10 +29,13 @@ def _compare(a: dict, b: dict, key: str, lower_better: bool) -> int | None:
     se_a, se_b = a.get(f"{key}_se"), b.get(f"{key}_se")
     if a.get(key) is None or b.get(key) is None or se_a is None or se_b is None:
         return None
-    if math.isnan(se_a + se_b):  # too few samples for an error (e.g. one prompt): nothing can be told apart
-        return 0
-    d = (b[key] - a[key]) if lower_better else (a[key] - b[key])
-    return 0 if abs(d) <= 2 * math.hypot(se_a, se_b) else (1 if d > 0 else -1)
+    return _apart((b[key] - a[key]) if lower_better else (a[key] - b[key]), math.hypot(se_a, se_b))
+
+
+def _apart(d: float, se: float) -> int:
+    """The sign of a difference `d` (+1 for the claim) when it exceeds twice its standard error `se`, else 0;
+    a nan error (too few samples, e.g. one prompt) tells nothing apart."""
+    return 0 if math.isnan(se) or abs(d) <= 2 * se else (1 if d > 0 else -1)
 
 
 def _beats(row: dict, *others: dict) -> tuple[list[int], str]:
@@ -109,7 +112,7 @@ def guidance(rows: list[dict]) -> str | None:
         u, c = p["unCLIP"], p["caption-only decoder"]
         if "diversity_per_prompt" in u and "diversity_per_prompt" in c:
             d, se, k = _paired(u["diversity_per_prompt"], c["diversity_per_prompt"])
-            outcomes.append(0 if math.isnan(se) or abs(d) <= 2 * se else (1 if d > 0 else -1))
+            outcomes.append(_apart(d, se))
             nums.append(f"guidance {g:g}: unCLIP {u['diversity']:.3f} vs {c['diversity']:.3f} (paired difference "
                         f"{d:+.3f} ± {se:.3f} over {k} prompts)")
         else:

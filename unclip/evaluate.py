@@ -135,13 +135,6 @@ NEAR_COPY = 8.0  # mean |difference| at 64 px on 0-255 below which two images ar
 # (two unrelated emoji of one style: median 55, 1st percentile 22.6; measured on the built dataset)
 
 
-def _twin_label(label: str) -> str:
-    """A concept label with gender and direction taken out (the dataset's `concept_family`)."""
-    from unclip.data.build import concept_family
-
-    return concept_family(label)
-
-
 def leak_free(data: Path, split: str, pick: np.ndarray) -> np.ndarray:
     """(len(pick),) bool: the picked held-out images the training split does not nearly contain.
 
@@ -154,8 +147,10 @@ def leak_free(data: Path, split: str, pick: np.ndarray) -> np.ndarray:
     images, idx = image_pack(data, split)
     train, tidx = image_pack(data, "train")
     if split == "heldout_concepts":
-        seen = {_twin_label(l) for l in tidx["concept_labels"]}
-        return np.array([_twin_label(idx["concept_labels"][i]) not in seen for i in pick], dtype=bool)
+        from unclip.data.build import concept_family  # gender and direction folded: "woman teacher" meets "teacher"
+
+        seen = {concept_family(l) for l in tidx["concept_labels"]}
+        return np.array([concept_family(idx["concept_labels"][i]) not in seen for i in pick], dtype=bool)
     by_concept: dict[str, list[int]] = {}
     for i, c in enumerate(tidx["concepts"]):
         by_concept.setdefault(c, []).append(i)

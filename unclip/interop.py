@@ -129,6 +129,8 @@ def load_diffusers(path: Path):
 
 
 # What our samplers assume of each stage (Karlo's schedulers): the training schedule and the output's meaning.
+SCHEDULER_DEFAULTS = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "epsilon",
+                      "clip_sample": True, "clip_sample_range": 1.0}  # UnCLIPScheduler's own, for keys a config omits
 SCHEDULER_EXPECTS = {
     "prior_scheduler": {"prediction_type": "sample", "clip_sample": True, "clip_sample_range": 5.0},
     "decoder_scheduler": {"prediction_type": "epsilon"},
@@ -144,11 +146,9 @@ def _check_schedulers(path: Path, present: set) -> None:
         f = path / name / "scheduler_config.json"
         if name not in present or not f.exists():
             continue  # absent: nothing says otherwise (we run Karlo's schedule)
-        cfg = json.loads(f.read_text())
+        cfg = {**SCHEDULER_DEFAULTS, **json.loads(f.read_text())}
         want = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", **expects}
-        defaults = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "epsilon",
-                    "clip_sample": True, "clip_sample_range": 1.0}  # UnCLIPScheduler's own
-        bad = [f"{k} {cfg.get(k, defaults[k])!r} (supported: {v!r})" for k, v in want.items() if cfg.get(k, defaults[k]) != v]
+        bad = [f"{k} {cfg[k]!r} (supported: {v!r})" for k, v in want.items() if cfg[k] != v]
         if bad:
             raise ValueError(f"{f}: {'; '.join(bad)}; unclip samples this stage only as Karlo's schedulers do")
 

@@ -231,6 +231,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"decay_steps is the wsd schedule's; add --lr-schedule wsd (the schedule is {cfg.lr_schedule!r})")
     if cfg.lora_rank and cfg.train_only:
         raise ValueError("--train-only with --lora-rank would train base weights that the LoRA export leaves out; use one")
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("--mixed-precision fp16 needs a GPU (on a CPU accelerate would run it in fp32); use bf16")
     if cfg.export not in ("best", "last"):
         raise ValueError(f"export must be 'best' or 'last', not {cfg.export!r}")
     if cfg.lr_schedule not in ("constant", "cosine", "wsd"):
@@ -266,8 +268,6 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
     mp = cfg.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
-    if mp == "fp16" and not torch.cuda.is_available():
-        raise ValueError("--mixed-precision fp16 needs a GPU (on a CPU accelerate would run it in fp32); use bf16")
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()  # mixed precision is per run (a second train() in one process may differ); the

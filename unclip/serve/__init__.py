@@ -23,8 +23,7 @@ def serve(model_dir=None, host: str = "127.0.0.1", port: int = 8000, api_key: st
 
         print(f"warning: --allowed-host has no effect: a server bound to {host} answers every Host name", file=sys.stderr)
     app = create_app(UnCLIPPipeline.from_pretrained(model_dir).set_precision(precision), model_dir, limits, api_key,
-                     allowed_hosts=(*loopback, *allowed_hosts) if host in loopback else None)
-    # loopback: no DNS rebinding
+                     allowed_hosts=(*loopback, *allowed_hosts) if host in loopback else None)  # loopback: no DNS rebinding
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5, limit_concurrency=256)
 
 
