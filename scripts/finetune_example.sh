@@ -14,8 +14,9 @@ PY=${PY:-.venv/bin/python}
 THREADS=${THREADS:-2}
 OUT=${OUT:-$HOME/.cache/unclip/examples}
 STEPS=${STEPS:-1000}
-# bf16 autocast: this CPU has AMX; decoder steps ~1.7x faster than fp32 (see train_emoji.sh)
-MP=${MP:-bf16}
+# bf16 autocast where the CPU has AMX (there: bf16 matmul 2.4 TFLOPS vs 0.37 fp32, decoder steps 1.7x faster,
+# measured); fp32 elsewhere (a CPU with AVX512-BF16 but no AMX ran bf16 slower than fp32, measured)
+MP=${MP:-$($PY -c 'from unclip.precision import native_bf16; print("bf16" if native_bf16() else "no")')}
 EVAL="--n 32 --diversity-prompts 4 --no-upsample --threads $THREADS --json"
 
 $PY scripts/iconify_folder.py fxemoji "$OUT/fxemoji"

@@ -6,9 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UNCLIP=${UNCLIP:-.venv/bin/unclip}
+PY=${PY:-.venv/bin/python}
 THREADS=${THREADS:-2}
-# bf16 autocast: this CPU has AMX (bf16 matmul 2.4 TFLOPS vs 0.37 fp32): decoder steps 1.7x faster, measured
-MP=${MP:-bf16}
+# bf16 autocast where the CPU has AMX (there: bf16 matmul 2.4 TFLOPS vs 0.37 fp32, decoder steps 1.7x faster,
+# measured); fp32 elsewhere (a CPU with AVX512-BF16 but no AMX ran bf16 slower than fp32, measured)
+MP=${MP:-$($PY -c 'from unclip.precision import native_bf16; print("bf16" if native_bf16() else "no")')}
 # decoder: high_noise_floor=0.05 (from step 3,800): samples from pure noise were full-frame textures while
 # x0 from t <= 900 was right; the weight teaches the high-noise steps that set the layout (diffusion.high_noise_weight).
 # dc_weight=0.002 (0.01 from step ~4,800, 0.002 from ~5,300: at 0.01 it made 90% of the gradient norm): the decoder read the mean colour of x_t as signal at every t, so the start

@@ -255,7 +255,9 @@ def test_eval_from_the_cli_prints_both_splits(tiny_model_dir, built_dataset, tmp
     assert main(args[:3] + ["--best-of", "3", "--prior", "image"] + args[3:]) == 2
     assert "drop --prior-steps, --prior-guidance and --best-of" in capsys.readouterr().err
     assert main(args[:3] + ["--best-of", "3", "--prior", "text"] + args[3:]) == 2
-    assert "--prior text samples no prior: drop --best-of" in capsys.readouterr().err
+    assert "--prior text samples no prior: drop --prior-steps, --prior-guidance and --best-of" in capsys.readouterr().err
+    assert main(args[:3] + ["--prior", "none"] + args[3:]) == 2  # args hold --prior-steps: refused, not ignored
+    assert "--prior none samples no prior" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("[1, 2]")
     assert main(args[:-1] + [str(tmp_path / "bad.json")]) == 2
     assert "not an `unclip eval --json` report" in capsys.readouterr().err

@@ -373,12 +373,35 @@ def test_a_fine_tune_keeps_the_loss_options_its_decoder_was_trained_with(built_d
     trained = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, high_noise_floor=0.05, dc_weight=0.002))
     trained.export(trained.model, tmp_path / "m")
     assert Decoder.load(tmp_path / "m").config.loss_options == {"min_snr_gamma": 5.0, "high_noise_floor": 0.05,
-                                                                "dc_weight": 0.002}
+                                                                "dc_weight": 0.002, "dropout": 0.0}
     tuned = DecoderTask(TrainConfig(stage="decoder", data=built_dataset, init_from=tmp_path / "m",
                                     options={"clip": str(tiny_clip_dir), "dc_weight": 0.0}))
     assert (tuned.high_noise_floor, tuned.dc_weight, tuned.gamma) == (0.05, 0.0, 5.0)
     plain = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir))
     assert (plain.high_noise_floor, plain.dc_weight) == (0.0, 0.0)
+
+
+def test_decoder_dropout_acts_in_training_only(built_dataset, tiny_clip_dir):
+    """--option dropout=P reaches every ResNet block: training outputs vary between calls, eval ones do not."""
+    from unclip.decoder import DecoderTask
+
+    task = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, dropout=0.3))
+    assert {m.p for m in task.model.unet.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
+    assert task.config.loss_options["dropout"] == 0.3  # recorded: a fine-tune keeps it
+    batch = task.batch(torch.arange(2), [torch.Generator().manual_seed(i) for i in range(2)], "cpu")
+    for p in task.model.unet.conv_out.parameters():  # zero-initialised out conv would hide the difference
+        torch.nn.init.normal_(p, std=0.1)
+    task.model.train()
+    with torch.no_grad():
+        a, b = (task.model(*(batch[k] for k in ("x0", "t", "image_embed", "text_embed", "text_hidden", "text_mask")))
+                for _ in range(2))
+        assert not torch.equal(a, b)
+        task.model.eval()
+        c, d = (task.model(*(batch[k] for k in ("x0", "t", "image_embed", "text_embed", "text_hidden", "text_mask")))
+                for _ in range(2))
+    assert torch.equal(c, d)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, dropout=1.0))
 
 
 def test_a_resumed_decoder_run_keeps_its_checkpoints_loss(built_dataset, tiny_clip_dir, tmp_path):

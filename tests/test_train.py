@@ -172,6 +172,22 @@ def test_fp16_without_a_gpu_is_refused_and_runs_switch_precision_in_one_process(
     train(_cfg(tmp_path, "f", max_steps=2, mixed_precision="no"), task=ToyTask(), log=lambda m: None)  # was refused
 
 
+def test_bf16_on_a_cpu_without_amx_warns_that_fp32_is_faster(tmp_path, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("bf16 is native on a GPU")
+    import unclip.train as train_module
+
+    for native, run in ((False, "slow"), (True, "fast")):
+        monkeypatch.setattr(train_module, "native_bf16", lambda device="cpu", native=native: native)
+        logs = []
+        train(_cfg(tmp_path, run, max_steps=1, mixed_precision="bf16"), task=ToyTask(), log=logs.append)
+        assert any("no AMX" in m for m in logs) is not native
+    logs = []
+    monkeypatch.setattr(train_module, "native_bf16", lambda device="cpu": False)
+    train(_cfg(tmp_path, "fp32", max_steps=1, mixed_precision="no"), task=ToyTask(), log=logs.append)
+    assert not any("no AMX" in m for m in logs)  # fp32 asked: nothing to warn about
+
+
 def test_a_run_resumes_only_with_its_own_settings_and_warm_up(tmp_path):
     from unclip.weights import save_safetensors
 

@@ -248,11 +248,12 @@ class DecoderTask(ConditionedTask):
     """Training task for the decoder. Options: clip=DIR (CLIP stage), min_snr_gamma (default 5),
     high_noise_floor (default 0: off; the recipe uses 0.05, see `high_noise_weight`), dc_weight
     (default 0: off; the recipe uses 0.002: the mean-colour error `dc_error`, where SNR < high_noise_floor,
-    with the high-noise weight). Options the run does not set come from the starting model's
+    with the high-noise weight), dropout (default 0: the UNet's ResNet-block dropout while training,
+    as improved DDPM regularises small datasets; sampling runs in eval mode without it). Options the run does not set come from the starting model's
     `loss_options` (a fine-tune keeps the objective its model was trained with), and the exported
     config records the ones used."""
 
-    LOSS_OPTIONS = {"min_snr_gamma": 5.0, "high_noise_floor": 0.0, "dc_weight": 0.0}
+    LOSS_OPTIONS = {"min_snr_gamma": 5.0, "high_noise_floor": 0.0, "dc_weight": 0.0, "dropout": 0.0}
 
     def __init__(self, cfg, conditioning=None):
         from unclip.conditioning import Conditioning, clip_dir_for, stage_config
@@ -275,6 +276,11 @@ class DecoderTask(ConditionedTask):
         opts = {k: float(given.get(k, default)) for k, default in self.LOSS_OPTIONS.items()}
         self.config.loss_options = opts  # exported with the model
         self.gamma, self.high_noise_floor, self.dc_weight = opts["min_snr_gamma"], opts["high_noise_floor"], opts["dc_weight"]
+        if not 0 <= opts["dropout"] < 1:
+            raise ValueError(f"--option dropout must be in [0, 1), not {opts['dropout']}")
+        for m in self.model.unet.modules():  # diffusers' ResnetBlock2D holds an nn.Dropout (p = 0 by default)
+            if isinstance(m, nn.Dropout):
+                m.p = opts["dropout"]
 
     def checkpoint_state(self) -> dict:
         return {"loss_options": self.config.loss_options}
@@ -362,7 +368,8 @@ class DecoderTask(ConditionedTask):
         empty = TextEncoding(self.cond.empty_text_embed[None], self.cond.empty_tokens[None], torch.ones(1, len(self.cond.empty_tokens), dtype=torch.bool))
         text = TextEncoding(b["text_embed"], b["text_hidden"], b["text_mask"])
         model.eval()
-        out = model.sample(b["image_embed"], text, empty, steps=25, guidance_scale=3.0, sampler="ddim",
+        scale = self.config.guidance_scale or 3.0  # the model's own default when it records one
+        out = model.sample(b["image_embed"], text, empty, steps=25, guidance_scale=scale, sampler="ddim",
                            generator=torch.Generator().manual_seed(0))
         path.parent.mkdir(parents=True, exist_ok=True)
         grid(to_output(torch.cat([b["x0"], out]), "pil"), cols=len(out)).save(path)

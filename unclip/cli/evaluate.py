@@ -121,8 +121,8 @@ def _eval(a) -> int:
             raise ValueError("--prior image uses no prior: drop --prior-steps, --prior-guidance and --best-of")
         generate, diversity_prompts = own_embeds_generate(pipe, a.data, **kw), 0
     elif a.prior != "diffusion":
-        if a.best_of is not None and a.prior in ("text", "none"):
-            raise ValueError(f"--prior {a.prior} samples no prior: drop --best-of")
+        if a.prior in ("text", "none") and (a.prior_steps is not None or a.prior_guidance is not None or a.best_of is not None):
+            raise ValueError(f"--prior {a.prior} samples no prior: drop --prior-steps, --prior-guidance and --best-of")
         kw["prior"] = a.prior
     r = evaluate(pipe, load_clip_dir(judge_dir), a.data, n=a.n, diversity_prompts=diversity_prompts,
                  diversity_samples=a.diversity_samples, seed=a.seed, generate_kwargs=kw, reconstructions=a.reconstructions,
