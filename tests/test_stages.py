@@ -373,7 +373,8 @@ def test_a_fine_tune_keeps_the_loss_options_its_decoder_was_trained_with(built_d
     trained = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, high_noise_floor=0.05, dc_weight=0.002))
     trained.export(trained.model, tmp_path / "m")
     assert Decoder.load(tmp_path / "m").config.loss_options == {"min_snr_gamma": 5.0, "high_noise_floor": 0.05,
-                                                                "dc_weight": 0.002, "dropout": 0.0}
+                                                                "dc_weight": 0.002, "dropout": 0.0,
+                                                                "embed_noise": 0.0}
     tuned = DecoderTask(TrainConfig(stage="decoder", data=built_dataset, init_from=tmp_path / "m",
                                     options={"clip": str(tiny_clip_dir), "dc_weight": 0.0}))
     assert (tuned.high_noise_floor, tuned.dc_weight, tuned.gamma) == (0.05, 0.0, 5.0)
@@ -402,6 +403,27 @@ def test_decoder_dropout_acts_in_training_only(built_dataset, tiny_clip_dir):
     assert torch.equal(c, d)
     with pytest.raises(ValueError, match="dropout must be in"):
         DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, dropout=1.0))
+
+
+def test_decoder_embed_noise_moves_z_i_by_its_size_and_keeps_its_norm(built_dataset, tiny_clip_dir):
+    """--option embed_noise=S: training z_i at cosine ~1/sqrt(1 + S^2) from the clean one, norms kept;
+    0 leaves the batch exactly as before (the pinned runs do not move)."""
+    from unclip.decoder import DecoderTask
+
+    def batch(task):
+        return task.batch(torch.arange(8), [torch.Generator().manual_seed(i) for i in range(8)], "cpu")
+
+    clean = batch(DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir)))
+    noisy = batch(DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, embed_noise=0.5)))
+    for k in clean:  # the same draws for everything else
+        if k != "image_embed":
+            assert torch.equal(clean[k], noisy[k]), k
+    z, zn = clean["image_embed"], noisy["image_embed"]
+    assert torch.allclose(zn.norm(dim=-1), z.norm(dim=-1), atol=1e-5)
+    cos = torch.nn.functional.cosine_similarity(z, zn, dim=-1)
+    assert cos.mean().item() == pytest.approx(1 / (1 + 0.5 ** 2) ** 0.5, abs=0.03)
+    with pytest.raises(ValueError, match="embed_noise must be in"):
+        DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, embed_noise=-0.1))
 
 
 def test_a_resumed_decoder_run_keeps_its_checkpoints_loss(built_dataset, tiny_clip_dir, tmp_path):

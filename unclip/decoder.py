@@ -249,11 +249,15 @@ class DecoderTask(ConditionedTask):
     high_noise_floor (default 0: off; the recipe uses 0.05, see `high_noise_weight`), dc_weight
     (default 0: off; the recipe uses 0.002: the mean-colour error `dc_error`, where SNR < high_noise_floor,
     with the high-noise weight), dropout (default 0: the UNet's ResNet-block dropout while training,
-    as improved DDPM regularises small datasets; sampling runs in eval mode without it). Options the run does not set come from the starting model's
+    as improved DDPM regularises small datasets; sampling runs in eval mode without it), embed_noise
+    (default 0: Gaussian noise of this expected norm added to each training z_i, then rescaled to
+    its norm, so that a training image's exact z_i stops being a key the decoder can memorise it by
+    and z_i near, not at, the data — the prior's samples — decode as well; cf. the noise augmentation
+    of the image embedding in Stable unCLIP). Options the run does not set come from the starting model's
     `loss_options` (a fine-tune keeps the objective its model was trained with), and the exported
     config records the ones used."""
 
-    LOSS_OPTIONS = {"min_snr_gamma": 5.0, "high_noise_floor": 0.0, "dc_weight": 0.0, "dropout": 0.0}
+    LOSS_OPTIONS = {"min_snr_gamma": 5.0, "high_noise_floor": 0.0, "dc_weight": 0.0, "dropout": 0.0, "embed_noise": 0.0}
 
     def __init__(self, cfg, conditioning=None):
         from unclip.conditioning import Conditioning, clip_dir_for, stage_config
@@ -278,6 +282,9 @@ class DecoderTask(ConditionedTask):
         self.gamma, self.high_noise_floor, self.dc_weight = opts["min_snr_gamma"], opts["high_noise_floor"], opts["dc_weight"]
         if not 0 <= opts["dropout"] < 1:
             raise ValueError(f"--option dropout must be in [0, 1), not {opts['dropout']}")
+        if not 0 <= opts["embed_noise"] <= 1:
+            raise ValueError(f"--option embed_noise must be in [0, 1] (the noise's norm against z_i's), not {opts['embed_noise']}")
+        self.embed_noise = opts["embed_noise"]
         for m in self.model.unet.modules():  # diffusers' ResnetBlock2D holds an nn.Dropout (p = 0 by default)
             if isinstance(m, nn.Dropout):
                 m.p = opts["dropout"]
@@ -302,7 +309,12 @@ class DecoderTask(ConditionedTask):
         s = self.config.sample_size
         noise = draw_noise(gens, (3, s, s))
         z_t, hidden, mask = self.cond.text(caps, caption_dropped)
-        b = {"x0": self.cond.pixels(indices, s), "t": t, "noise": noise, "image_embed": self.cond.image_embeds(indices),
+        z_i = self.cond.image_embeds(indices)  # (B, D)
+        if self.embed_noise:
+            d = z_i.shape[-1]
+            noisy = z_i + draw_noise(gens, (d,)) * (self.embed_noise * z_i.norm(dim=-1, keepdim=True) / d ** 0.5)
+            z_i = noisy * (z_i.norm(dim=-1, keepdim=True) / noisy.norm(dim=-1, keepdim=True))
+        b = {"x0": self.cond.pixels(indices, s), "t": t, "noise": noise, "image_embed": z_i,
              "text_embed": z_t, "text_hidden": hidden, "text_mask": mask, "image_dropped": image_dropped}
         return {k: v.to(device) for k, v in b.items()}
 
