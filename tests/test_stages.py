@@ -382,9 +382,10 @@ def test_a_fine_tune_keeps_the_loss_options_its_decoder_was_trained_with(built_d
     assert (plain.high_noise_floor, plain.dc_weight) == (0.0, 0.0)
 
 
-def test_decoder_dropout_acts_in_training_only(built_dataset, tiny_clip_dir):
-    """--option dropout=P reaches every ResNet block: training outputs vary between calls, eval ones do not."""
-    from unclip.decoder import DecoderTask
+def test_decoder_dropout_acts_in_training_only(built_dataset, tiny_clip_dir, tmp_path):
+    """--option dropout=P reaches every dropout of the UNet: training outputs vary between calls, eval
+    ones do not, and a loaded export samples without it."""
+    from unclip.decoder import Decoder, DecoderTask
 
     task = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, dropout=0.3))
     assert {m.p for m in task.model.unet.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
@@ -401,6 +402,10 @@ def test_decoder_dropout_acts_in_training_only(built_dataset, tiny_clip_dir):
         c, d = (task.model(*(batch[k] for k in ("x0", "t", "image_embed", "text_embed", "text_hidden", "text_mask")))
                 for _ in range(2))
     assert torch.equal(c, d)
+    task.export(task.model, tmp_path / "m")
+    loaded = Decoder.load(tmp_path / "m")  # what sampling uses: the option is recorded, not applied
+    assert loaded.config.loss_options["dropout"] == 0.3
+    assert {m.p for m in loaded.unet.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
     with pytest.raises(ValueError, match="dropout must be in"):
         DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, dropout=1.0))
 

@@ -115,6 +115,28 @@ def test_resume_equals_one_uninterrupted_run(tmp_path):
         torch.testing.assert_close(ema_a[k], ema_b[k], rtol=0, atol=1e-6)
 
 
+class DropoutToyTask(ToyTask):
+    """ToyTask with layer dropout on its inputs: masks from torch's global generator, as nn.Dropout's."""
+
+    @staticmethod
+    def loss(model, batch):
+        loss = (model(torch.nn.functional.dropout(batch["x"], 0.5, training=True)) - batch["y"]).pow(2).mean()
+        return loss, {"mse": loss.detach()}
+
+
+def test_layer_dropout_resumes_exactly(tmp_path):
+    """The global generator is reseeded per micro-batch from (seed, step, sample): a resumed run draws
+    the masks the uninterrupted one drew (without the reseed it repeats the first steps' masks)."""
+    train(_cfg(tmp_path, "full", max_steps=12), task=DropoutToyTask(), log=lambda m: None)
+    train(_cfg(tmp_path, "split", max_steps=6), task=DropoutToyTask(), log=lambda m: None)
+    train(_cfg(tmp_path, "split", max_steps=12, resume=True), task=DropoutToyTask(), log=lambda m: None)
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "split")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    train(_cfg(tmp_path, "other", max_steps=12, seed=1), task=DropoutToyTask(), log=lambda m: None)
+    assert not torch.equal(_weights(tmp_path / "other")["weight"], a["weight"])  # the masks follow the seed
+
+
 def test_grad_accumulation_matches_the_full_batch(tmp_path):
     train(_cfg(tmp_path, "one", max_steps=5), task=ToyTask(), log=lambda m: None)
     train(_cfg(tmp_path, "acc", max_steps=5, grad_accum=4), task=ToyTask(), log=lambda m: None)

@@ -248,8 +248,9 @@ class DecoderTask(ConditionedTask):
     """Training task for the decoder. Options: clip=DIR (CLIP stage), min_snr_gamma (default 5),
     high_noise_floor (default 0: off; the recipe uses 0.05, see `high_noise_weight`), dc_weight
     (default 0: off; the recipe uses 0.002: the mean-colour error `dc_error`, where SNR < high_noise_floor,
-    with the high-noise weight), dropout (default 0: the UNet's ResNet-block dropout while training,
-    as improved DDPM regularises small datasets; sampling runs in eval mode without it), embed_noise
+    with the high-noise weight), dropout (default 0: the p of every dropout in the UNet, its ResNet
+    blocks' (as improved DDPM regularises small datasets) and its attention outputs', while training;
+    sampling runs in eval mode without it), embed_noise
     (default 0: Gaussian noise of this expected norm added to each training z_i, then rescaled to
     its norm, so that a training image's exact z_i stops being a key the decoder can memorise it by
     and z_i near, not at, the data — the prior's samples — decode as well; cf. the noise augmentation

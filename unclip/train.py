@@ -6,6 +6,10 @@ is shared. Built on accelerate (devices, processes, mixed precision). Properties
 - Determinism across process counts: the global batch at step s is fixed by (seed, s), and every
   per-sample random draw (timestep, noise, dropout, augmentation) comes from a generator keyed by
   (seed, step, global sample index). So 1 process == N processes at the same global batch.
+  Layer dropout inside a model (e.g. the decoder's `--option dropout`) draws from torch's global
+  generator, which is reseeded from (seed, step, first sample) before every micro-batch: resume
+  stays exact and ranks draw different masks, but a run split differently across processes or
+  micro-batches draws other masks.
 - Exact resume: checkpoints hold weights, EMA, optimizer and step (the data position is a
   function of the step); written as safetensors into a fresh directory swapped in atomically.
 - With no checkpoint but `--init-from MODEL_DIR`, training starts from those weights with a
@@ -417,6 +421,7 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
             pos = list(mine[m0:m0 + micro])
             gens = [sample_generator(cfg.seed, step, p) for p in pos]
             batch = task.batch([idx[p] for p in pos], gens, device)
+            torch.manual_seed(sample_generator(cfg.seed, step, pos[0]).initial_seed())  # layer dropout's masks
             ctx = acc.no_sync(wrapped) if m0 + micro < local else _null()
             with ctx, acc.autocast():
                 loss, logs = wrapped(batch)
