@@ -19,6 +19,8 @@ MP=${MP:-$($PY -c 'from unclip.precision import native_bf16; print("bf16" if nat
 # 0.0350-0.0352 from 14,000 to 16,000, so the learning rate decays (cosine) to 0 over steps 16,000-20,000.
 # Measured (session 8): the held-out loss rose instead (0.0363 at 17,813; training loss still falling) and the
 # judge comparison was mixed; stopped at 17,996. The decoder overfits: regularisation or more data is next.
+# Session 10 tried both regularisers from the shipped weights (MODEL_CARD: --option dropout=0.1 --option
+# embed_noise=0.3, lr 1e-4, out ~/.cache/unclip/runs/decoder-reg): not measurably better at 791 steps.
 # --compile (from step 9,190): torch.compile'd decoder steps, 23.3 samples/s vs 18.3 eager on 2 threads (bf16), measured
 STAGES=${STAGES:-"data clip embed prior decoder upsampler ar_prior"}
 SHIPPED=unclip/shipped/emoji
