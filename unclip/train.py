@@ -9,7 +9,7 @@ is shared. Built on accelerate (devices, processes, mixed precision). Properties
   Layer dropout inside a model (e.g. the decoder's `--option dropout`) draws from torch's global
   generator, which is reseeded from (seed, step, first sample) before every micro-batch: resume
   stays exact and ranks draw different masks, but a run split differently across processes or
-  micro-batches draws other masks.
+  micro-batches (--grad-accum), or compiled differently (--compile), draws other masks.
 - Exact resume: checkpoints hold weights, EMA, optimizer and step (the data position is a
   function of the step); written as safetensors into a fresh directory swapped in atomically.
 - With no checkpoint but `--init-from MODEL_DIR`, training starts from those weights with a
@@ -421,7 +421,8 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
             pos = list(mine[m0:m0 + micro])
             gens = [sample_generator(cfg.seed, step, p) for p in pos]
             batch = task.batch([idx[p] for p in pos], gens, device)
-            torch.manual_seed(sample_generator(cfg.seed, step, pos[0]).initial_seed())  # layer dropout's masks
+            g = sample_generator(cfg.seed, step, pos[0])  # layer dropout's masks: a seed drawn from, not equal to, the
+            torch.manual_seed(int(torch.randint(2**63 - 1, (), generator=g)))  # sample's stream
             ctx = acc.no_sync(wrapped) if m0 + micro < local else _null()
             with ctx, acc.autocast():
                 loss, logs = wrapped(batch)
