@@ -286,7 +286,7 @@ class DecoderTask(ConditionedTask):
         if not 0 <= opts["embed_noise"] <= 1:
             raise ValueError(f"--option embed_noise must be in [0, 1] (the noise's norm against z_i's), not {opts['embed_noise']}")
         self.embed_noise = opts["embed_noise"]
-        for m in self.model.unet.modules():  # diffusers' ResnetBlock2D holds an nn.Dropout (p = 0 by default)
+        for m in self.model.unet.modules():  # ResNet blocks' and attention outputs' nn.Dropout (p = 0 by default)
             if isinstance(m, nn.Dropout):
                 m.p = opts["dropout"]
 
@@ -312,9 +312,9 @@ class DecoderTask(ConditionedTask):
         z_t, hidden, mask = self.cond.text(caps, caption_dropped)
         z_i = self.cond.image_embeds(indices)  # (B, D)
         if self.embed_noise:
-            d = z_i.shape[-1]
-            noisy = z_i + draw_noise(gens, (d,)) * (self.embed_noise * z_i.norm(dim=-1, keepdim=True) / d ** 0.5)
-            z_i = noisy * (z_i.norm(dim=-1, keepdim=True) / noisy.norm(dim=-1, keepdim=True))
+            d, norm = z_i.shape[-1], z_i.norm(dim=-1, keepdim=True)  # (B, 1)
+            noisy = z_i + draw_noise(gens, (d,)) * (self.embed_noise * norm / d ** 0.5)
+            z_i = noisy * (norm / noisy.norm(dim=-1, keepdim=True))
         b = {"x0": self.cond.pixels(indices, s), "t": t, "noise": noise, "image_embed": z_i,
              "text_embed": z_t, "text_hidden": hidden, "text_mask": mask, "image_dropped": image_dropped}
         return {k: v.to(device) for k, v in b.items()}

@@ -283,7 +283,7 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
         raise ValueError(f"batch size {cfg.batch_size} must be divisible by processes x grad_accum = {world * cfg.grad_accum}")
     run = cfg.run_dir()
     log = log or (lambda msg: acc.print(msg))
-    if mp == "bf16" and not torch.cuda.is_available() and not native_bf16():
+    if mp == "bf16" and not native_bf16(acc.device.type):
         log("warning: this CPU has no AMX, so bf16 autocast runs slower than fp32 here (and its compiled kernels "
             "gave non-finite gradients on one such CPU); --mixed-precision no is faster")
     torch.manual_seed(cfg.seed)  # the same initial weights in every process and in a 1-process run

@@ -101,6 +101,9 @@ def _eval(a) -> int:
             raise ValueError(f"--paired-with {a.paired_with}: not a readable `unclip eval --json` report ({e})") from e
         if not isinstance(base, dict) or "splits" not in base:
             raise ValueError(f"--paired-with {a.paired_with}: not an `unclip eval --json` report (no splits)")
+    if a.prior in ("image", "text", "none") and (a.prior_steps is not None or a.prior_guidance is not None
+                                                 or a.best_of is not None):
+        raise ValueError(f"--prior {a.prior} samples no prior: drop --prior-steps, --prior-guidance and --best-of")
     pipe, model = load_pipe(a)
     loras = apply_loras(pipe, a.lora)
     judge_dir = find_judge(a.judge)
@@ -117,12 +120,8 @@ def _eval(a) -> int:
     if a.prior == "image":
         from unclip.evaluate import own_embeds_generate
 
-        if a.prior_steps is not None or a.prior_guidance is not None or a.best_of is not None:
-            raise ValueError("--prior image uses no prior: drop --prior-steps, --prior-guidance and --best-of")
         generate, diversity_prompts = own_embeds_generate(pipe, a.data, **kw), 0
     elif a.prior != "diffusion":
-        if a.prior in ("text", "none") and (a.prior_steps is not None or a.prior_guidance is not None or a.best_of is not None):
-            raise ValueError(f"--prior {a.prior} samples no prior: drop --prior-steps, --prior-guidance and --best-of")
         kw["prior"] = a.prior
     r = evaluate(pipe, load_clip_dir(judge_dir), a.data, n=a.n, diversity_prompts=diversity_prompts,
                  diversity_samples=a.diversity_samples, seed=a.seed, generate_kwargs=kw, reconstructions=a.reconstructions,
