@@ -97,7 +97,7 @@ def test_decoder_loss_adds_the_mean_colour_error_at_high_noise_only(built_datase
                              batch["text_mask"], batch["image_dropped"])[:, :3]
             w = high_noise_weight(base.schedule.snr(batch["t"]), 0.05)
             extra = (0.01 * w * dc_error(eps - batch["noise"])).mean() if expect_dc else 0.0
-        assert float(l1 - l0) == pytest.approx(float(extra), rel=1e-4, abs=1e-7)
+        assert float((l1 - l0).detach()) == pytest.approx(float(extra), rel=1e-4, abs=1e-7)
 
 
 def test_decoder_start_is_standard_without_a_mean_colour_and_mean_coloured_with_one():
@@ -374,7 +374,7 @@ def test_a_fine_tune_keeps_the_loss_options_its_decoder_was_trained_with(built_d
     trained.export(trained.model, tmp_path / "m")
     assert Decoder.load(tmp_path / "m").config.loss_options == {"min_snr_gamma": 5.0, "high_noise_floor": 0.05,
                                                                 "dc_weight": 0.002, "dropout": 0.0,
-                                                                "embed_noise": 0.0}
+                                                                "embed_noise": 0.0, "clip_weight": 0.0}
     tuned = DecoderTask(TrainConfig(stage="decoder", data=built_dataset, init_from=tmp_path / "m",
                                     options={"clip": str(tiny_clip_dir), "dc_weight": 0.0}))
     assert (tuned.high_noise_floor, tuned.dc_weight, tuned.gamma) == (0.05, 0.0, 5.0)
@@ -448,3 +448,39 @@ def test_a_resumed_decoder_run_keeps_its_checkpoints_loss(built_dataset, tiny_cl
     cfg.options["dc_weight"] = 0.01  # an option given to the resumed run wins
     task.restore_state({"loss_options": {"min_snr_gamma": 5.0, "high_noise_floor": 0.05, "dc_weight": 0.002}})
     assert (task.high_noise_floor, task.dc_weight) == (0.05, 0.01)
+
+
+def test_decoder_clip_weight_adds_the_clip_consistency_of_x0_for_kept_z_i_only(built_dataset, tiny_clip_dir):
+    """--option clip_weight=W adds W * min(sqrt(SNR), 1) * (1 - cos(CLIP(x0_pred), z_i)) per sample, 0 where
+    z_i was dropped; the target is the clean z_i under embed_noise; gradients reach the decoder, not CLIP."""
+    from unclip.decoder import DecoderTask
+    from unclip.train import sample_generator
+
+    base = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, embed_noise=0.5))
+    task = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, embed_noise=0.5, clip_weight=0.7))
+    task.model.load_state_dict(base.model.state_dict())
+    for p in task.model.unet.conv_out.parameters():  # zero-initialised out conv: ε̂ = 0 would hide the x0 path
+        torch.nn.init.normal_(p, std=0.1)
+    base.model.load_state_dict(task.model.state_dict())
+    batch = task.batch([0, 1, 2, 3], [sample_generator(0, 0, i) for i in range(4)], "cpu")
+    assert torch.equal(batch["clip_target"], task.cond.image_embeds([0, 1, 2, 3]))  # clean, not noised
+    assert not torch.equal(batch["clip_target"], batch["image_embed"])
+    batch["t"] = torch.tensor([100, 400, 700, 900])
+    batch["image_dropped"] = torch.tensor([False, False, False, True])
+    (l0, _), (l1, logs) = base.loss(base.model, batch), task.loss(task.model, batch)
+    with torch.no_grad():
+        sched = task.schedule
+        x_t = sched.q_sample(batch["x0"], batch["t"], batch["noise"])
+        eps = task.model(x_t, batch["t"], batch["image_embed"], batch["text_embed"], batch["text_hidden"],
+                         batch["text_mask"], batch["image_dropped"])[:, :3]
+        z = task.cond.clip.encode_image(sched.predict_x0(x_t, batch["t"], eps).clamp(-1, 1))
+        cos = torch.nn.functional.cosine_similarity(z, batch["clip_target"], dim=-1)
+        w = sched.snr(batch["t"]).sqrt().clamp(max=1) * torch.tensor([1.0, 1.0, 1.0, 0.0])
+    assert float((l1 - l0).detach()) == pytest.approx(float((0.7 * w * (1 - cos)).mean()), rel=1e-4, abs=1e-7)
+    assert float(logs["clip_cos"]) == pytest.approx(float(cos[:3].mean()), rel=1e-5)
+    (l1 - l0).backward()
+    assert task.model.unet.conv_out.weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in task.cond.clip.parameters())
+    assert task.config.loss_options["clip_weight"] == 0.7  # recorded: a fine-tune keeps it
+    with pytest.raises(ValueError, match="clip_weight must be >= 0"):
+        DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, clip_weight=-1))

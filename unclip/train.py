@@ -164,7 +164,7 @@ def save_checkpoint(run: Path, weights: dict, ema_weights: dict, ema_updates: in
     opt_tensors, opt_meta = optimizer
     save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
     state = {"step": step, "ema_updates": ema_updates, "optimizer": opt_meta, "config": _jsonable(asdict(cfg)),
-             "torch_rng": torch.get_rng_state().tolist(), **extra}
+             **extra}
     from unclip.fsutil import write_bytes_atomic
 
     write_bytes_atomic(tmp / "state.json", json.dumps(state).encode())  # fsynced, as the tensors

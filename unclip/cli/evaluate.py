@@ -153,7 +153,8 @@ def _eval(a) -> int:
                 f"{k} {v['mean']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]" for k, v in m.items()))
     d = r.get("diversity")
     if d:
-        print(f"diversity (1 - cos within a prompt): generated {d['generated']:.3f}, real within a concept {d['real']:.3f}")
+        se = f" ± {d['generated_se']:.3f}" if d.get("generated_se") is not None else ""  # over prompts
+        print(f"diversity (1 - cos within a prompt): generated {d['generated']:.3f}{se}, real within a concept {d['real']:.3f}")
     if "reconstruction" in r:
         m = r["reconstruction"]
         print(f"decoder from the images' own z_i ({m['images']} held-out images): judge cosine to the source {m['cosine']:.3f}, "
