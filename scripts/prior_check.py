@@ -5,7 +5,11 @@
 For `n` held-out images per split (a seeded choice, one seeded caption each), the prior samples z_i
 from the caption (DDPM 25 steps, guidance 4, best of 2: the pipeline's defaults; --guidance, --best-of) and is scored
 against the image's own z_i (cosine), and by the nearest concept name among all concepts under the
-model's CLIP stage (top-1/top-5; the real z_i's own retrieval is the reference). `--prior` swaps
+model's CLIP stage (top-1/top-5; the real z_i's own retrieval is the reference). Where the data's
+embeddings are cached (`unclip embed`), also how far each z_i lies from the data: its cosine to the
+nearest training image's z_i (a sample off the manifold of real embeddings decodes as a blend), and
+whether that image shows the asked concept (held-out images only: their concepts are in training).
+`--prior` swaps
 in another prior export (a training run's model/ directory) with the model's CLIP stage. Cheap: a
 minute on 2 CPU threads, so a prior run can be checked between checkpoints before a judge evaluation.
 """
@@ -36,6 +40,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=4.0, help="prior guidance (the pipeline's default: 4)")
     p.add_argument("--best-of", type=int, default=2, help="prior samples per caption (the pipeline's default: 2)")
+    p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim", "dpm++"),
+                   help="prior sampler (ddpm: sample_image_embeds' default; `unclip generate` runs ddim)")
+    p.add_argument("--steps", type=int, default=25)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
@@ -56,8 +63,15 @@ def main() -> int:
         top = (z @ names.T).topk(5, dim=1).indices
         return float((top[:, :1] == target[:, None]).any(1).float().mean()), float((top == target[:, None]).any(1).float().mean())
 
+    train_z, train_concepts = _train_embeds(a.data, a.model, concepts)  # (N, D), (N,) or None
+
+    def nearest(z):  # cosine to the nearest training z_i (B,), and that image's concept (B,)
+        sims = torch.cat([z[b:b + 256] @ train_z.T for b in range(0, len(z), 256)])  # (B, N)
+        best = sims.max(1)
+        return best.values / z.norm(dim=1), train_concepts[best.indices]
+
     out = {"model": str(a.model), "prior": str(a.prior or a.model / "prior"), "n": a.n, "guidance": a.guidance,
-           "best_of": a.best_of, "splits": {}}
+           "best_of": a.best_of, "sampler": a.sampler, "steps": a.steps, "splits": {}}
     for split in ("heldout_images", "heldout_concepts"):
         images, idx = image_pack(a.data, split)
         rng = random.Random(a.seed)
@@ -68,11 +82,17 @@ def main() -> int:
         with torch.no_grad():
             real = pipe.clip.encode_image(uint8_to_tensor(np.asarray(images[rows])))  # (n, D)
             text, empty = pipe.encode_prompt(captions)
-            z = pipe.sample_image_embeds(text, empty, guidance_scale=a.guidance, best_of=a.best_of,
-                                         generator=torch.Generator().manual_seed(a.seed))
+            z = pipe.sample_image_embeds(text, empty, steps=a.steps, guidance_scale=a.guidance, best_of=a.best_of,
+                                         sampler=a.sampler, generator=torch.Generator().manual_seed(a.seed))
         (t1, t5), (r1, r5) = hits(z, target), hits(real, target)
-        out["splits"][split] = {"cosine_to_real": round(float((z * real).sum(1).mean()), 4), "top1": t1, "top5": t5,
-                                "real_top1": r1, "real_top5": r5, "candidates": len(concepts)}
+        m = out["splits"][split] = {"cosine_to_real": round(float((z * real).sum(1).mean()), 4), "top1": t1, "top5": t5,
+                                    "real_top1": r1, "real_top5": r5, "candidates": len(concepts),
+                                    "norm": round(float(z.norm(dim=1).mean()), 4)}
+        if train_z is not None:
+            (nn_z, c_z), (nn_real, c_real) = nearest(z), nearest(real)
+            m.update(nn_cosine=round(float(nn_z.mean()), 4), real_nn_cosine=round(float(nn_real.mean()), 4))
+            if split == "heldout_images":
+                m.update(nn_concept=float((c_z == target).float().mean()), real_nn_concept=float((c_real == target).float().mean()))
     if a.json:
         print(json.dumps(out))
     else:
@@ -80,7 +100,33 @@ def main() -> int:
             print(f"{split:<17} cosine to the real z_i {m['cosine_to_real']:.3f}  concept top-1 {m['top1']:.1%} / "
                   f"top-5 {m['top5']:.1%}  (the real z_i: {m['real_top1']:.1%} / {m['real_top5']:.1%}; "
                   f"{m['candidates']} names)")
+            if "nn_cosine" in m:
+                same = (f"; it shows the asked concept {m['nn_concept']:.1%} (real {m['real_nn_concept']:.1%})"
+                        if "nn_concept" in m else "")
+                print(f"{'':<17} nearest training z_i at cosine {m['nn_cosine']:.3f} (real {m['real_nn_cosine']:.3f}){same}; "
+                      f"norm {m['norm']:.3f}")
     return 0
+
+
+def _train_embeds(data: Path, model: Path, concepts: list[str]):
+    """The training split's cached z_i (N, D) under the model's CLIP stage and their concept ids (N,),
+    or (None, None) where `unclip embed` has not cached them (this script never computes them)."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from unclip.embed import image_pack, weights_hash
+
+    root = Path(data).expanduser() / "cache" / f"clip-{weights_hash(Path(model) / 'clip.safetensors')}"
+    if not (root / "train.image_embed.npy").exists() or not (root / "train.json").exists():
+        return None, None
+    _, idx = image_pack(data, "train")
+    if json.loads((root / "train.json").read_text()).get("build_id") != idx["build_id"]:
+        return None, None
+    z = torch.from_numpy(np.load(root / "train.image_embed.npy").astype(np.float32))
+    ids = {c: i for i, c in enumerate(concepts)}
+    return z, torch.tensor([ids[c] for c in idx["concepts"]])
 
 
 if __name__ == "__main__":
