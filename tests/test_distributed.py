@@ -40,7 +40,7 @@ def _metrics(run):
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _assert_same_weights(a, b, atol=1e-4):  # Adam amplifies float summation-order noise
+def _assert_same_weights(a, b, atol=2e-4):  # Adam amplifies float summation-order noise (1.14e-4 seen on one CPU)
     for name in ("model.safetensors", "ema.safetensors"):
         x, y = load_safetensors(a / "checkpoint" / name), load_safetensors(b / "checkpoint" / name)
         assert x.keys() == y.keys()
