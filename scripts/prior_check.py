@@ -111,22 +111,17 @@ def main() -> int:
 def _train_embeds(data: Path, model: Path, concepts: list[str]):
     """The training split's cached z_i (N, D) under the model's CLIP stage and their concept ids (N,),
     or (None, None) where `unclip embed` has not cached them (this script never computes them)."""
-    import json
-
     import numpy as np
     import torch
 
-    from unclip.embed import image_pack, weights_hash
+    from unclip.embed import cached_clip_embeddings, image_pack
 
-    root = Path(data).expanduser() / "cache" / f"clip-{weights_hash(Path(model) / 'clip.safetensors')}"
-    if not (root / "train.image_embed.npy").exists() or not (root / "train.json").exists():
+    cached = cached_clip_embeddings(data, "train", model)
+    if cached is None:
         return None, None
-    _, idx = image_pack(data, "train")
-    if json.loads((root / "train.json").read_text()).get("build_id") != idx["build_id"]:
-        return None, None
-    z = torch.from_numpy(np.load(root / "train.image_embed.npy").astype(np.float32))
     ids = {c: i for i, c in enumerate(concepts)}
-    return z, torch.tensor([ids[c] for c in idx["concepts"]])
+    return (torch.from_numpy(np.asarray(cached["image_embed"], dtype=np.float32)),
+            torch.tensor([ids[c] for c in image_pack(data, "train")[1]["concepts"]]))
 
 
 if __name__ == "__main__":

@@ -129,11 +129,10 @@ def clip_embeddings(data: Path, split: str, clip, clip_dir: Path, batch_size: in
     """
     data = Path(data).expanduser()
     images, index = image_pack(data, split)
-    root = data / "cache" / f"clip-{weights_hash(Path(clip_dir) / 'clip.safetensors')}"
-    names = {k: root / f"{split}.{k}.npy" for k in ("image_embed", "text_embed")}
-    stamp = root / f"{split}.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("build_id") == index["build_id"] and all(p.exists() for p in names.values()):
-        return {k: np.load(p, mmap_mode="r") for k, p in names.items()}
+    root, names, stamp = _clip_cache_files(data, split, clip_dir)
+    cached = _current(names, stamp, index["build_id"])
+    if cached is not None:
+        return cached
     pooled = text_features(data, split, clip.text_tower)["pooled"]
     clip.eval()
     z_i = [clip.encode_image(torch.from_numpy(np.array(images[b:b + batch_size])).permute(0, 3, 1, 2).float() / 127.5 - 1)
@@ -150,8 +149,27 @@ def clip_embeddings(data: Path, split: str, clip, clip_dir: Path, batch_size: in
     return {k: np.load(p, mmap_mode="r") for k, p in names.items()}
 
 
+def cached_clip_embeddings(data: Path, split: str, clip_dir: Path) -> dict[str, np.ndarray] | None:
+    """`clip_embeddings`' arrays where they are cached for this build and these CLIP weights, else None
+    (computes nothing)."""
+    _, names, stamp = _clip_cache_files(data, split, clip_dir)
+    return _current(names, stamp, image_pack(data, split)[1]["build_id"]) if stamp.exists() else None
+
+
+def _clip_cache_files(data: Path, split: str, clip_dir: Path) -> tuple[Path, dict[str, Path], Path]:
+    """The cache directory of one CLIP stage's weights, a split's z_i / z_t arrays in it and their stamp."""
+    root = Path(data).expanduser() / "cache" / f"clip-{weights_hash(Path(clip_dir) / 'clip.safetensors')}"
+    return root, {k: root / f"{split}.{k}.npy" for k in ("image_embed", "text_embed")}, root / f"{split}.json"
+
+
+def _current(names: dict[str, Path], stamp: Path, build_id: str) -> dict[str, np.ndarray] | None:
+    if stamp.exists() and json.loads(stamp.read_text()).get("build_id") == build_id and all(p.exists() for p in names.values()):
+        return {k: np.load(p, mmap_mode="r") for k, p in names.items()}
+    return None
+
+
 def image_embed_stats(data: Path, clip_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and std of z_i over the training split (the prior standardises by them)."""
-    root = Path(data).expanduser() / "cache" / f"clip-{weights_hash(Path(clip_dir) / 'clip.safetensors')}"
+    root, _, _ = _clip_cache_files(data, "train", clip_dir)
     s = json.loads((root / "stats.json").read_text())
     return np.asarray(s["image_embed_mean"], np.float32), np.asarray(s["image_embed_std"], np.float32)
