@@ -169,6 +169,45 @@ def test_report_runs_every_section_and_writes_markdown(tiny_model_dir, built_dat
     assert all(row["seconds_per_image_256"] > 0 for row in small["sections"]["samplers"])
 
 
+def test_report_compares_unclip_with_a_separately_trained_glide_like_decoder(tiny_model_dir, built_dataset, tmp_path,
+                                                                            capsys):
+    """--glide-decoder: the guidance section adds a caption-only decoder of the same size at every scale, on a
+    pipeline that shares the other stages (the model's own decoder untouched); its weights are part of the
+    settings that keep sections; a decoder that reads z_i, or of another size, is refused with a clear error."""
+    import unclip
+    from unclip.cli import main
+    from unclip.clip import CLIPConfig, LockedTextCLIP
+    from unclip.decoder import Decoder, DecoderConfig
+    from unclip.report import GLIDE, check_glide, module_hash, run_report
+
+    torch.manual_seed(0)
+    judge = LockedTextCLIP(CLIPConfig(image_tower="convnext", image_size=16, depths=(1, 1), hidden_sizes=(8, 16),
+                                      embed_dim=32))
+    pipe = unclip.load(tiny_model_dir)
+    own = module_hash(pipe.decoder)
+    glide = Decoder(DecoderConfig(**{**pipe.decoder.config.__dict__, "image_drop": 1.0, "caption_drop": 0.2}))
+    check_glide(pipe, glide)
+    r = run_report(pipe, judge, built_dataset, tmp_path, n=2, diversity_prompts=1, diversity_samples=2,
+                   sections=["guidance"], glide=glide, log=lambda *_: None)
+    rows = r["sections"]["guidance"]
+    assert [(row["decoder_guidance"], row["setting"]) for row in rows[:3]] == [
+        (1.0, "unCLIP"), (1.0, "caption-only decoder"), (1.0, GLIDE)]
+    assert len(rows) == 9 and module_hash(pipe.decoder) == own and r["settings"]["glide"] == module_hash(glide)
+    assert rows[1]["fd"] != rows[2]["fd"]  # another decoder's images
+    assert "separately trained caption-only decoder of the same size" in (tmp_path / "report.md").read_text()
+    from PIL import Image
+
+    assert Image.open(tmp_path / "report" / "glide.png").size == (2 * 64, 3 * 64)  # a row of n samples per decoder
+    with pytest.raises(ValueError, match="must be caption-only"):
+        check_glide(pipe, Decoder(pipe.decoder.config))
+    wide = {**glide.config.__dict__, "block_out_channels": (16, 48)}
+    with pytest.raises(ValueError, match="same size"):
+        check_glide(pipe, Decoder(DecoderConfig(**wide)))
+    assert main(["report", "--model", str(tiny_model_dir), "--glide-decoder", str(tmp_path / "none"),
+                 "--out", str(tmp_path)]) == 2
+    assert "no decoder_config.json there" in capsys.readouterr().err
+
+
 def test_sampler_plot_draws_point_estimates(tmp_path):
     from unclip.report import _plot_samplers
 
@@ -354,11 +393,12 @@ def _claim_row(setting, fd, clip, kid=None, **kw):
             "top5": 0.0, "seconds_per_image": 1.0, "tiling": 0.2, **kw}
 
 
-def _diversity_rows(unclip_minus_caption: float):
+def _diversity_rows(unclip_minus_caption: float, unclip_minus_glide: float | None = None):
     rows = []
     for g in (1.0, 3.0, 8.0):
         base = [0.50, 0.52, 0.49, 0.51]
-        for name, shift in (("unCLIP", unclip_minus_caption), ("caption-only decoder", 0.0)):
+        others = [] if unclip_minus_glide is None else [("GLIDE-like decoder", unclip_minus_caption - unclip_minus_glide)]
+        for name, shift in [("unCLIP", unclip_minus_caption), ("caption-only decoder", 0.0)] + others:
             per = [b + shift + 0.01 * (i % 2) for i, b in enumerate(base)]
             rows.append({"decoder_guidance": g, "setting": name, "diversity": sum(per) / 4, "diversity_per_prompt": per})
     return rows
@@ -404,6 +444,8 @@ def test_claim_verdicts_follow_the_numbers_both_ways():
     cond, guid = verdicts(near)
     assert "(paper): not separated (KID not separated; CLIP score not separated)" in cond  # 0.250 vs 0.262; 0.30 vs 0.29
     assert ": not separated." in guid
+    glide = verdicts({"guidance": _diversity_rows(+0.1, unclip_minus_glide=-0.1)})[0]  # the GLIDE row decides
+    assert ": does not hold" in glide and "-0.100 ± 0.000" in glide and "separately trained" in glide
     assert ": does not hold (KID worse beyond chance) on quality; time not compared" in verdicts(bad, upsample=False)[3]
     timed = {"samplers": [{**sampler["dpm++"], "seconds_per_image": 0.3, "seconds_per_image_256": 1.0}, sampler["ref"]]}
     line = verdicts(timed, upsample=False)[0]  # decoder-only images judged, but ours also timed to 256 px

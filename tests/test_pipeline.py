@@ -70,6 +70,22 @@ def test_the_ablation_priors_text_and_none(pipe):
     torch.testing.assert_close(n.images, (ref + 1) / 2)
 
 
+def test_a_caption_only_decoder_gets_the_null_z_i_and_shares_the_other_stages(pipe):
+    """with_decoder swaps the decoder only; a decoder trained with image_drop 1 (GLIDE-like) is always given
+    its null z_i, as prior="none" would, whatever the prior asked for."""
+    from unclip.decoder import Decoder, DecoderConfig
+
+    torch.manual_seed(1)
+    glide = Decoder(DecoderConfig(**{**pipe.decoder.config.__dict__, "image_drop": 1.0}))
+    other = pipe.with_decoder(glide)
+    assert other.decoder is glide and pipe.decoder is not glide and other.prior is pipe.prior
+    kw = dict(decoder_steps=2, upsample=False, output_type="pt")
+    a = other("pizza", generator=_gen(), **kw)
+    torch.testing.assert_close(a.image_embeds[0], glide.null_image_embed)
+    torch.testing.assert_close(a.images, other("pizza", prior="none", generator=_gen(), **kw).images)
+    assert not torch.equal(a.images, pipe("pizza", prior="none", generator=_gen(), **kw).images)
+
+
 def test_autoregressive_prior_is_selectable(pipe):
     out = pipe("pizza", prior="ar", decoder_steps=2, upsample=False, generator=_gen(), output_type="pt")
     assert out.images.shape == (1, 3, 16, 16)

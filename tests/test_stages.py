@@ -484,3 +484,31 @@ def test_decoder_clip_weight_adds_the_clip_consistency_of_x0_for_kept_z_i_only(b
     assert task.config.loss_options["clip_weight"] == 0.7  # recorded: a fine-tune keeps it
     with pytest.raises(ValueError, match="clip_weight must be >= 0"):
         DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, clip_weight=-1))
+
+
+def test_image_drop_1_trains_a_caption_only_decoder_that_keeps_its_rates(built_dataset, tiny_clip_dir, tmp_path):
+    """--option image_drop=1 (GLIDE-like): every training z_i is the null one, the held-out loss ignores z_i,
+    the export and a fine-tune of it keep the rates, a resumed run takes its checkpoint's; bad rates are errors."""
+    from unclip.decoder import Decoder, DecoderTask
+
+    task = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, image_drop=1, caption_drop=0.2))
+    batch = task.batch(torch.arange(8), [torch.Generator().manual_seed(i) for i in range(8)], "cpu")
+    assert batch["image_dropped"].all()
+    for p in task.model.parameters():  # a zero-initialised out conv would make every loss equal
+        torch.nn.init.normal_(p, std=0.05)
+    before = task.heldout_loss(task.model, n=4)
+    task._heldout["image_embed"] = torch.randn_like(task._heldout["image_embed"])
+    assert task.heldout_loss(task.model, n=4) == before
+    plain = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir))
+    plain.model.load_state_dict(task.model.state_dict())
+    assert plain.heldout_loss(plain.model, n=4) != before  # a z_i-conditioned decoder's reads z_i
+    assert task.checkpoint_state()["drop_rates"] == {"image_drop": 1.0, "caption_drop": 0.2}
+    task.export(task.model, tmp_path / "m")
+    assert (Decoder.load(tmp_path / "m").config.image_drop, Decoder.load(tmp_path / "m").config.caption_drop) == (1.0, 0.2)
+    tuned = DecoderTask(TrainConfig(stage="decoder", data=built_dataset, init_from=tmp_path / "m",
+                                    options={"clip": str(tiny_clip_dir)}))
+    assert (tuned.config.image_drop, tuned.config.caption_drop) == (1.0, 0.2)
+    tuned.restore_state({"drop_rates": {"image_drop": 0.1, "caption_drop": 0.5}})
+    assert (tuned.config.image_drop, tuned.config.caption_drop) == (0.1, 0.5)
+    with pytest.raises(ValueError, match="image_drop must be in"):
+        DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, image_drop=1.5))

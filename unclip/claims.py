@@ -100,30 +100,38 @@ def _paired(a: list[float], b: list[float]) -> tuple[float, float, int]:
 
 
 def guidance(rows: list[dict]) -> str | None:
+    """unCLIP vs the separately trained GLIDE-like decoder when the section has it, else vs this decoder with
+    z_i dropped; the verdict is on diversity, paired over prompts, with KID beside it for quality."""
+    from unclip.report import GLIDE
+
+    other = GLIDE if any(r["setting"] == GLIDE for r in rows) else "caption-only decoder"
     pairs = {}
     for r in rows:
         if r.get("diversity") is not None and r["decoder_guidance"] > 1:
             pairs.setdefault(r["decoder_guidance"], {})[r["setting"]] = r
-    pairs = {g: p for g, p in sorted(pairs.items()) if {"unCLIP", "caption-only decoder"} <= set(p)}
+    pairs = {g: p for g, p in sorted(pairs.items()) if {"unCLIP", other} <= set(p)}
     if not pairs:
         return None
     outcomes, nums, resolved = [], [], True
     for g, p in pairs.items():
-        u, c = p["unCLIP"], p["caption-only decoder"]
+        u, c = p["unCLIP"], p[other]
+        kid = f"; KID {u['kid']:.3f} vs {c['kid']:.3f}" if "kid" in u and "kid" in c else ""
         if "diversity_per_prompt" in u and "diversity_per_prompt" in c:
             d, se, k = _paired(u["diversity_per_prompt"], c["diversity_per_prompt"])
             outcomes.append(_apart(d, se))
             nums.append(f"guidance {g:g}: unCLIP {u['diversity']:.3f} vs {c['diversity']:.3f} (paired difference "
-                        f"{d:+.3f} ± {se:.3f} over {k} prompts)")
+                        f"{d:+.3f} ± {se:.3f} over {k} prompts{kid})")
         else:
             resolved = False
             outcomes.append(1 if u["diversity"] > c["diversity"] else -1)
-            nums.append(f"guidance {g:g}: unCLIP {u['diversity']:.3f} vs {c['diversity']:.3f}")
+            nums.append(f"guidance {g:g}: unCLIP {u['diversity']:.3f} vs {c['diversity']:.3f}{kid}")
+    what = ("the GLIDE-like decoder is a separately trained caption-only decoder of the same size, on the same data"
+            if other == GLIDE else "the caption-only decoder is this decoder with z_i dropped, not a separately "
+            "trained GLIDE")
     return (f"**unCLIP keeps more diversity than a caption-conditioned decoder under guidance** (paper): "
             f"{_verdict(outcomes)}" + ("" if resolved else " on point estimates only (no interval: not resolved)")
             + f". Diversity within a prompt, {'; '.join(nums)}. (Diversity is 1 − cos between a prompt's samples, "
-            f"which off-target images also raise; the caption-only decoder is this decoder with z_i dropped, not a "
-            f"separately trained GLIDE.)")
+            f"which off-target images also raise; {what}.)")
 
 
 def priors(rows: list[dict]) -> str | None:

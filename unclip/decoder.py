@@ -91,6 +91,19 @@ class Decoder(nn.Module):
         return self.eval()
 
     @property
+    def caption_only(self) -> bool:
+        """Trained with every z_i dropped (`--option image_drop=1`): a GLIDE-like decoder of the caption alone."""
+        return self.config.image_drop >= 1
+
+    def same_size(self, other: "Decoder") -> bool:
+        """The same architecture (what the ablations compare like for like), whatever the training settings."""
+        from dataclasses import fields
+
+        kept = {"image_drop", "caption_drop", "dc_mean", "guidance_scale", "loss_options"}
+        return all(getattr(self.config, f.name) == getattr(other.config, f.name)
+                   for f in fields(self.config) if f.name not in kept)
+
+    @property
     def null_image_embed(self) -> torch.Tensor:
         return self.text_proj.learned_classifier_free_guidance_embeddings  # (D,)
 
@@ -285,6 +298,7 @@ class DecoderTask(ConditionedTask):
             import numpy as np
 
             self.config.dc_mean = tuple(np.asarray(self.cond.images).reshape(-1, 3).mean(0, dtype=np.float64) / 127.5 - 1)
+        self._set_drop_rates(cfg.options)
         self.model = Decoder(self.config)
         self.clip_dir = self.cond.clip_dir
         self.schedule = Schedule()
@@ -309,8 +323,19 @@ class DecoderTask(ConditionedTask):
             if isinstance(m, nn.Dropout):
                 m.p = opts["dropout"]
 
+    def _set_drop_rates(self, given: dict) -> None:
+        """Classifier-free guidance's drop rates, from --option image_drop / caption_drop over the starting
+        model's. image_drop=1 trains a caption-only (GLIDE-like) decoder: z_i is always the null embedding."""
+        for key in ("image_drop", "caption_drop"):
+            if key in given:
+                p = float(given[key])
+                if not 0 <= p <= 1:
+                    raise ValueError(f"--option {key} must be in [0, 1], not {given[key]}")
+                setattr(self.config, key, p)
+
     def checkpoint_state(self) -> dict:
-        return {"loss_options": self.config.loss_options}
+        return {"loss_options": self.config.loss_options,
+                "drop_rates": {"image_drop": self.config.image_drop, "caption_drop": self.config.caption_drop}}
 
     def restore_state(self, state: dict) -> None:
         """On resume: the loss the run was training with (its checkpoint's record; before there was one,
@@ -318,6 +343,7 @@ class DecoderTask(ConditionedTask):
         model whose recorded options changed since cannot change a resumed run's loss."""
         saved = state.get("loss_options") or state.get("config", {}).get("options", {})
         self._set_loss_options({**saved, **self.cfg.options})
+        self._set_drop_rates({**state.get("drop_rates", {}), **self.cfg.options})
 
     def batch(self, indices, gens, device) -> dict:
         from unclip.diffusion import draw_noise, draw_timesteps, draw_uniform
@@ -382,9 +408,14 @@ class DecoderTask(ConditionedTask):
     def eval_model(self) -> "Decoder":
         return Decoder(self.config)
 
+    def _caption_only(self, b: int) -> torch.Tensor | None:
+        """(B,) all True for a caption-only decoder (image_drop 1: it never sees a z_i), else None."""
+        return torch.ones(b, dtype=torch.bool) if self.model.caption_only else None
+
     @torch.no_grad()
     def heldout_loss(self, model: "Decoder", n: int = 64) -> float:
-        """ε-MSE on held-out images (canonical captions, no dropout) at fixed timesteps and noise."""
+        """ε-MSE on held-out images (canonical captions, no dropout; a caption-only decoder's null z_i)
+        at fixed timesteps and noise."""
         if self._heldout is None:
             b = self.cond.heldout().fixed_batch(n, size=self.config.sample_size)
             g = torch.Generator().manual_seed(1234)
@@ -394,7 +425,8 @@ class DecoderTask(ConditionedTask):
         b = self._heldout
         model.eval()
         x_t = self.schedule.q_sample(b["x0"], b["t"], b["noise"])
-        eps = model(x_t, b["t"], b["image_embed"], b["text_embed"], b["text_hidden"], b["text_mask"])[:, :3]
+        eps = model(x_t, b["t"], b["image_embed"], b["text_embed"], b["text_hidden"], b["text_mask"],
+                    self._caption_only(len(x_t)))[:, :3]
         model.train()
         return float((eps - b["noise"]).pow(2).mean())
 
@@ -410,7 +442,10 @@ class DecoderTask(ConditionedTask):
         text = TextEncoding(b["text_embed"], b["text_hidden"], b["text_mask"])
         model.eval()
         scale = self.config.guidance_scale or 3.0  # the model's own default when it records one
-        out = model.sample(b["image_embed"], text, empty, steps=25, guidance_scale=scale, sampler="ddim",
+        z_i = b["image_embed"]
+        if model.caption_only:  # a caption-only decoder draws from the caption alone
+            z_i = model.null_image_embed.detach()[None].expand(len(z_i), -1)
+        out = model.sample(z_i, text, empty, steps=25, guidance_scale=scale, sampler="ddim",
                            generator=torch.Generator().manual_seed(0))
         path.parent.mkdir(parents=True, exist_ok=True)
         grid(to_output(torch.cat([b["x0"], out]), "pil"), cols=len(out)).save(path)

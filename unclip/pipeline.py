@@ -79,6 +79,22 @@ class UnCLIPPipeline:
             unet.to(memory_format=fmt)
         return self
 
+    def with_decoder(self, decoder, name: str | None = None) -> "UnCLIPPipeline":
+        """This pipeline's other stages (shared) with another decoder, e.g. a caption-only one for the
+        GLIDE-like comparison: channels_last and the fast ResNet forward as a new pipeline's, at this
+        pipeline's precision."""
+        import copy
+
+        from unclip.fastpath import fast_resnets
+        from unclip.precision import autocast_forward
+
+        other = copy.copy(self)  # the other stages shared, untouched
+        other.decoder, other.name = decoder, name or self.name
+        decoder.unet.to(memory_format=torch.channels_last)  # a new pipeline's defaults
+        fast_resnets(decoder.unet, True)
+        autocast_forward(decoder, self.precision)
+        return other
+
     @classmethod
     def from_pretrained(cls, path: Path) -> "UnCLIPPipeline":
         """A model directory: clip + prior + decoder (+ super_res_first, + ar_prior when present)."""
@@ -147,9 +163,12 @@ class UnCLIPPipeline:
         """One z_i per row of `text` (B, D); best-of-N keeps the sample most similar to z_t.
 
         prior: "diffusion" | "ar" (the two priors), or the paper's ablations: "text" (z_t as z_i),
-        "none" (the decoder's null z_i: conditioned on the caption only)."""
+        "none" (the decoder's null z_i: conditioned on the caption only). A caption-only decoder (trained
+        with image_drop 1, GLIDE-like) only ever saw the null z_i: it gets that whatever `prior` says."""
         if best_of < 1:
             raise ValueError(f"best_of must be at least 1, got {best_of}")
+        if prior in ("diffusion", "ar", "text") and getattr(self.decoder, "caption_only", False):
+            prior = "none"
         if prior == "text":  # the paper's ablation: the caption's z_t passed as z_i
             return text.text_embed.clone()
         if prior == "none":  # no z_i at all: the learned null embedding (a caption-only, GLIDE-like decoder)

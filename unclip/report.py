@@ -5,7 +5,8 @@ Sections (each an `evaluate` run under the judge, same prompts and seeds):
 - conditioning: the decoder given the prior's z_i vs z_t used as z_i vs no z_i (caption only), and the
   image's own z_i (an oracle prior: the bound a perfect prior reaches; not in the paper);
 - guidance: quality and diversity vs decoder guidance scale, unCLIP vs the same decoder conditioned
-  on the caption only (GLIDE-like; not a separately trained GLIDE: this CPU affords one decoder);
+  on the caption only, and (with `glide`) vs a separately trained caption-only decoder of the same size
+  (GLIDE-like: `unclip train decoder --option image_drop=1`);
 - priors: diffusion vs autoregressive prior (when the model has one), quality and seconds per image;
 - samplers: DDPM, DDIM and DPM-Solver++ at their default steps, quality vs seconds per image;
 - clip_guided: the CLIP-guided baseline vs unCLIP, with a repetition (tiling) score.
@@ -51,11 +52,12 @@ def _row(name: str, r: dict, split: str) -> dict:
 
 def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, sections=SECTIONS,
                diversity_prompts: int = 4, diversity_samples: int = 4, upsample: bool = True, compare_diffusers: bool = True,
-               log=print) -> dict:
+               glide=None, log=print) -> dict:
     """upsample=False judges (and times) the decoder's images: the judge sees 64 px either way.
     compare_diffusers: the samplers section also runs diffusers' UnCLIPPipeline (DDPM 25/25/7, always
     upsampled; prior guidance 4 and this model's decoder guidance, as our rows) on this model's weights
-    exported to its layout."""
+    exported to its layout. glide: a caption-only decoder of the same size (`check_glide`), trained
+    separately (`--option image_drop=1`): the guidance section adds it beside this decoder with z_i dropped."""
     from unclip.evaluate import evaluate, judge_view, own_embeds_generate, strip
 
     view = judge_view(judge, data)
@@ -67,16 +69,17 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
                      "settings": {"judge": module_hash(judge),
                                   "data": image_pack(data, "heldout_concepts")[1]["build_id"],
                                   "diversity": [diversity_prompts, diversity_samples], "diffusers": compare_diffusers,
-                                  "decoder_guidance": pipe.default_decoder_guidance()},
+                                  "decoder_guidance": pipe.default_decoder_guidance(),
+                                  "glide": module_hash(glide)},
                      "sections": {}}
     kept = keep_sections(out / "report" / "results.json", results, sections)
     if kept:
         log(f"keeping the report's other sections ({', '.join(kept)}): same weights and settings")
     split = "heldout_concepts"
 
-    def ev(name, splits=(split,), div=diversity_prompts, generate=None, warmup=False, **kw):
+    def ev(name, splits=(split,), div=diversity_prompts, generate=None, warmup=False, on=pipe, **kw):
         t = time.time()
-        r = evaluate(pipe, view, data, n=n, seed=seed, splits=splits, diversity_prompts=div,
+        r = evaluate(on, view, data, n=n, seed=seed, splits=splits, diversity_prompts=div,
                      diversity_samples=diversity_samples, generate_kwargs={"upsample": upsample, **kw}, generate=generate,
                      progress=False, warmup=warmup)
         log(f"  {name}: {time.time() - t:.0f} s")
@@ -97,10 +100,18 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
     if "guidance" in sections:
         log("guidance")
         rows = []
+        settings = [("unCLIP", pipe, "diffusion"), ("caption-only decoder", pipe, "none")]
+        if glide is not None:
+            settings.append((GLIDE, pipe.with_decoder(glide), "none"))
+        shown = []  # at the model's own guidance, a row of samples per setting
         for scale in sorted({1.0, 3.0, 8.0, pipe.default_decoder_guidance()}):  # and the model's own
-            for name, prior in (("unCLIP", "diffusion"), ("caption-only decoder", "none")):
-                rows.append({"decoder_guidance": scale, **_row(name, ev(f"{name} @ {scale}", prior=prior,
-                                                                          decoder_guidance_scale=scale), split)})
+            for name, on, prior in settings:
+                r = ev(f"{name} @ {scale}", prior=prior, on=on, decoder_guidance_scale=scale)
+                rows.append({"decoder_guidance": scale, **_row(name, r, split)})
+                if scale == pipe.default_decoder_guidance():
+                    shown.append(r["splits"][split]["images"][:8])
+        if glide is not None:  # unCLIP, this decoder without z_i, the GLIDE-like decoder: the same prompts per column
+            _grid(torch.cat(shown), out / "report" / "glide.png", cols=len(shown[0]), rows=len(shown))
         results["sections"]["guidance"] = rows
         _plot_guidance(rows, out / "report" / "guidance.png")
     if "priors" in sections and pipe.ar_prior is None:
@@ -147,6 +158,20 @@ def run_report(pipe, judge, data: Path, out: Path, n: int = 16, seed: int = 0, s
 
 
 STAGES = ("clip", "prior", "decoder", "upsampler", "ar_prior")
+GLIDE = "GLIDE-like decoder"  # the guidance section's row of a separately trained caption-only decoder
+
+
+def check_glide(pipe, decoder) -> None:
+    """The GLIDE-like comparison needs a caption-only decoder (trained with image_drop 1) of this model's
+    decoder's size; anything else is a clear error."""
+    if pipe.decoder is None:
+        raise ValueError("this model has no decoder (decoder_config.json) to compare a GLIDE-like decoder with")
+    if not decoder.caption_only:
+        raise ValueError(f"the GLIDE-like decoder must be caption-only (trained with `--option image_drop=1`); "
+                         f"this one was trained with image_drop {decoder.config.image_drop}")
+    if not decoder.same_size(pipe.decoder):
+        raise ValueError("the GLIDE-like decoder must have this model's decoder architecture (same size); "
+                         "train it with `unclip train decoder --init-from MODEL --option image_drop=1`")
 
 
 def module_hash(module) -> str | None:
@@ -213,10 +238,10 @@ def diffusers_generate(pipe, decoder_guidance: float = 8.0):
     yield generate
 
 
-def _grid(images: torch.Tensor, path: Path, cols: int = 8) -> None:
+def _grid(images: torch.Tensor, path: Path, cols: int = 8, rows: int = 2) -> None:
     from unclip.images import grid, to_output
 
-    grid(to_output(images[: 2 * cols], "pil"), cols=cols).save(path)
+    grid(to_output(images[: rows * cols], "pil"), cols=cols).save(path)
 
 
 def _plot_guidance(rows, path: Path) -> None:
@@ -315,6 +340,10 @@ def render_markdown(results: dict) -> str:
             md += [f"## {title}", "", _table(s[key], lead + METRICS), ""]
             if key in ("guidance", "samplers", "clip_guided"):  # the sections with a figure
                 md += [f"![{key}](report/{key}.png)", ""]
+            if key == "guidance" and any(r["setting"] == GLIDE for r in s[key]):
+                md += [f"Samples at guidance {results['settings']['decoder_guidance']:g}, one prompt per column: unCLIP, "
+                       "this decoder without z_i, and the GLIDE-like decoder (a caption-only decoder of the same size "
+                       "trained separately on the same data).", "", "![GLIDE-like](report/glide.png)", ""]
     lines = verdicts(s, upsample=results.get("upsample", True))
     if lines:
         md += ["## The paper's claims at this scale", "",

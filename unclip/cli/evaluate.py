@@ -49,6 +49,9 @@ def register(sub) -> None:
         ("headline", "conditioning", "guidance", "priors", "samplers", "clip_guided")))
     rp.add_argument("--no-upsample", action="store_true", help="judge and time the decoder's images (the judge sees 64 px)")
     rp.add_argument("--no-diffusers", action="store_true", help="leave diffusers' UnCLIPPipeline out of the samplers section")
+    rp.add_argument("--glide-decoder", type=Path, metavar="DIR",
+                    help="a caption-only decoder of the model's size (`unclip train decoder --option image_drop=1`; "
+                         "its run's model/ directory): the guidance section compares unCLIP with it (GLIDE-like)")
 
     bench = sub.add_parser("bench", help="measure speed").add_subparsers(dest="bench_command", required=True)
     bt = bench.add_parser("train", help="training samples/s, FLOPs per sample and MFU vs this machine's matmul peak")
@@ -172,8 +175,18 @@ def _report(a) -> int:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {', '.join(sorted(unknown))}; sections: {', '.join(SECTIONS)}")
+    glide = None
+    if a.glide_decoder:
+        from unclip.decoder import Decoder
+        from unclip.report import check_glide
+
+        if not (a.glide_decoder / "decoder_config.json").exists():
+            raise FileNotFoundError(f"--glide-decoder {a.glide_decoder}: no decoder_config.json there (a decoder "
+                                    "run's model/ directory, or a model directory with a decoder)")
+        glide = Decoder.load(a.glide_decoder)
+        check_glide(pipe, glide)
     run_report(pipe, load_clip_dir(judge_dir), a.data, a.out, n=a.n, seed=a.seed, sections=sections,
-               upsample=not a.no_upsample, compare_diffusers=not a.no_diffusers)
+               upsample=not a.no_upsample, compare_diffusers=not a.no_diffusers, glide=glide)
     print(f"wrote {Path(a.out) / 'report.md'}")
     return 0
 
