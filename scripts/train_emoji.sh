@@ -26,6 +26,8 @@ MP=${MP:-$($PY -c 'from unclip.precision import native_bf16; print("bf16" if nat
 # (--option clip_weight=0.5, and 2) did not raise it within 1,000 steps (MODEL_CARD).
 # upsampler: session 12 continued it for 6,230 steps (held-out eps-MSE 0.0561 -> 0.0381, PSNR 29.48 -> 32.14 dB)
 # --compile (from step 9,190): torch.compile'd decoder steps, 23.3 samples/s vs 18.3 eager on 2 threads (bf16), measured
+# glide (session 13): a caption-only decoder (--option image_drop=1, GLIDE's caption drop 0.2) for the paper's GLIDE
+# comparison; it starts from the shipped decoder, so it has that decoder's compute and 1,400 steps more
 STAGES=${STAGES:-"data clip embed prior decoder upsampler ar_prior"}
 SHIPPED=unclip/shipped/emoji
 init() { [ -f "$SHIPPED/$1" ] && echo "--init-from $SHIPPED" || true; }
@@ -45,6 +47,11 @@ for stage in $STAGES; do
                  --threads "$THREADS" --mixed-precision "$MP" --resume $(init super_res_first_config.json) ;;
     ar_prior) $UNCLIP train ar_prior --preset small --batch-size 128 --lr 3e-4 --max-steps 20000 --mixed-precision "$MP" \
                 --threads "$THREADS" --resume $(init ar_prior_config.json) ;;
+    # evaluation only, not shipped and not in the default STAGES: the GLIDE-like decoder of `unclip report
+    # --glide-decoder ~/.cache/unclip/runs/decoder-glide/model` (the shipped decoder continued on captions alone)
+    glide) $UNCLIP train decoder --init-from "$SHIPPED" --out ~/.cache/unclip/runs/decoder-glide --option image_drop=1 \
+             --option caption_drop=0.2 --batch-size 32 --lr 1e-4 --warmup-steps 50 --max-steps "${GLIDE_STEPS:-1400}" \
+             --export last --compile --threads "$THREADS" --mixed-precision "$MP" --resume ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done
