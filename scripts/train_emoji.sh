@@ -27,7 +27,7 @@ MP=${MP:-$($PY -c 'from unclip.precision import native_bf16; print("bf16" if nat
 # upsampler: session 12 continued it for 6,230 steps (held-out eps-MSE 0.0561 -> 0.0381, PSNR 29.48 -> 32.14 dB)
 # --compile (from step 9,190): torch.compile'd decoder steps, 23.3 samples/s vs 18.3 eager on 2 threads (bf16), measured
 # glide (session 13): a caption-only decoder (--option image_drop=1, GLIDE's caption drop 0.2) for the paper's GLIDE
-# comparison; it starts from the shipped decoder, so it has that decoder's compute and 1,400 steps more
+# comparison; it starts from the shipped decoder, so it has that decoder's compute and 1,157 steps more (session 13 stopped there)
 STAGES=${STAGES:-"data clip embed prior decoder upsampler ar_prior"}
 SHIPPED=unclip/shipped/emoji
 init() { [ -f "$SHIPPED/$1" ] && echo "--init-from $SHIPPED" || true; }
@@ -50,7 +50,7 @@ for stage in $STAGES; do
     # evaluation only, not shipped and not in the default STAGES: the GLIDE-like decoder of `unclip report
     # --glide-decoder ~/.cache/unclip/runs/decoder-glide/model` (the shipped decoder continued on captions alone)
     glide) $UNCLIP train decoder --init-from "$SHIPPED" --out ~/.cache/unclip/runs/decoder-glide --option image_drop=1 \
-             --option caption_drop=0.2 --batch-size 32 --lr 1e-4 --warmup-steps 50 --max-steps "${GLIDE_STEPS:-1400}" \
+             --option caption_drop=0.2 --batch-size 32 --lr 1e-4 --warmup-steps 50 --max-steps "${GLIDE_STEPS:-1157}" \
              --export last --compile --threads "$THREADS" --mixed-precision "$MP" --resume ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
