@@ -107,6 +107,10 @@ class Decoder(nn.Module):
     def null_image_embed(self) -> torch.Tensor:
         return self.text_proj.learned_classifier_free_guidance_embeddings  # (D,)
 
+    def null_image_embeds(self, b: int) -> torch.Tensor:
+        """The learned null z_i for b samples (B, D), detached: a view, clone it to keep it."""
+        return self.null_image_embed.detach()[None].expand(b, -1)
+
     def forward(self, x_t, t, image_embed, text_embed, text_hidden, text_mask, image_dropped=None) -> torch.Tensor:
         """x_t (B,3,H,W), t (B,), z_i (B,D), z_t (B,D), tokens (B,T,D), mask (B,T) bool -> (B,6,H,W).
 
@@ -408,10 +412,6 @@ class DecoderTask(ConditionedTask):
     def eval_model(self) -> "Decoder":
         return Decoder(self.config)
 
-    def _caption_only(self, b: int) -> torch.Tensor | None:
-        """(B,) all True for a caption-only decoder (image_drop 1: it never sees a z_i), else None."""
-        return torch.ones(b, dtype=torch.bool) if self.model.caption_only else None
-
     @torch.no_grad()
     def heldout_loss(self, model: "Decoder", n: int = 64) -> float:
         """ε-MSE on held-out images (canonical captions, no dropout; a caption-only decoder's null z_i)
@@ -425,8 +425,8 @@ class DecoderTask(ConditionedTask):
         b = self._heldout
         model.eval()
         x_t = self.schedule.q_sample(b["x0"], b["t"], b["noise"])
-        eps = model(x_t, b["t"], b["image_embed"], b["text_embed"], b["text_hidden"], b["text_mask"],
-                    self._caption_only(len(x_t)))[:, :3]
+        dropped = torch.ones(len(x_t), dtype=torch.bool) if model.caption_only else None  # it never sees a z_i
+        eps = model(x_t, b["t"], b["image_embed"], b["text_embed"], b["text_hidden"], b["text_mask"], dropped)[:, :3]
         model.train()
         return float((eps - b["noise"]).pow(2).mean())
 
@@ -442,9 +442,8 @@ class DecoderTask(ConditionedTask):
         text = TextEncoding(b["text_embed"], b["text_hidden"], b["text_mask"])
         model.eval()
         scale = self.config.guidance_scale or 3.0  # the model's own default when it records one
-        z_i = b["image_embed"]
-        if model.caption_only:  # a caption-only decoder draws from the caption alone
-            z_i = model.null_image_embed.detach()[None].expand(len(z_i), -1)
+        z_i = b["image_embed"]  # (n, D); a caption-only decoder draws from the caption alone:
+        z_i = model.null_image_embeds(len(z_i)) if model.caption_only else z_i
         out = model.sample(z_i, text, empty, steps=25, guidance_scale=scale, sampler="ddim",
                            generator=torch.Generator().manual_seed(0))
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -174,7 +174,7 @@ class UnCLIPPipeline:
         if prior == "none":  # no z_i at all: the learned null embedding (a caption-only, GLIDE-like decoder)
             if self.decoder is None:
                 raise ValueError("this model has no decoder (decoder_config.json)")
-            return self.decoder.null_image_embed.detach()[None].expand(len(text), -1).clone()
+            return self.decoder.null_image_embeds(len(text)).clone()
         b = len(text)
         cand = text.repeat(best_of)
         if prior == "ar":
