@@ -192,12 +192,21 @@ def test_report_compares_unclip_with_a_separately_trained_glide_like_decoder(tin
     rows = r["sections"]["guidance"]
     assert [(row["decoder_guidance"], row["setting"]) for row in rows[:3]] == [
         (1.0, "unCLIP"), (1.0, "caption-only decoder"), (1.0, GLIDE)]
-    assert len(rows) == 9 and module_hash(pipe.decoder) == own and r["settings"]["glide"] == module_hash(glide)
+    own_glide = module_hash(glide)
+    assert len(rows) == 9 and module_hash(pipe.decoder) == own and r["settings"]["glide"] == own_glide
     assert rows[1]["fd"] != rows[2]["fd"]  # another decoder's images
     assert "separately trained caption-only decoder of the same size" in (tmp_path / "report.md").read_text()
     from PIL import Image
 
     assert Image.open(tmp_path / "report" / "glide.png").size == (2 * 64, 3 * 64)  # a row of n samples per decoder
+    # another section run later without the GLIDE-like decoder keeps the guidance section and its decoder's hash...
+    same = dict(n=2, diversity_prompts=1, diversity_samples=2, sections=["priors"], log=lambda *_: None)
+    later = run_report(pipe, judge, built_dataset, tmp_path, **same)
+    assert later["sections"]["guidance"] == json.loads(json.dumps(rows)) and later["settings"]["glide"] == own_glide
+    # ...but not with another GLIDE-like decoder: its rows would describe other weights
+    with torch.no_grad():
+        next(glide.parameters()).add_(1e-3)
+    assert "guidance" not in run_report(pipe, judge, built_dataset, tmp_path, glide=glide, **same)["sections"]
     with pytest.raises(ValueError, match="must be caption-only"):
         check_glide(pipe, Decoder(pipe.decoder.config))
     wide = {**glide.config.__dict__, "block_out_channels": (16, 48)}

@@ -195,18 +195,25 @@ def fingerprints(pipe) -> dict[str, str | None]:
 def keep_sections(path: Path, results: dict, sections) -> list[str]:
     """Run for some sections only: copy the others from the stored results when they were measured with
     the same settings (n, seed, upsampling, judge, data, diversity, peers, default guidance) on the same
-    weights (the AR prior's only matters to its own section)."""
+    weights (the AR prior's only matters to its own section; the GLIDE-like decoder's only to the guidance
+    section, which a run without one keeps as measured, its decoder's hash carried over)."""
     if set(sections) >= set(SECTIONS) or not path.exists():
         return []
     old = json.loads(path.read_text())
-    if any(old.get(k) != results[k] for k in ("n", "seed", "model", "upsample", "settings")):
+    if any(old.get(k) != results[k] for k in ("n", "seed", "model", "upsample")) or \
+            _but_glide(old.get("settings", {})) != _but_glide(results["settings"]):
         return []
+    old_glide, glide = old["settings"].get("glide"), results["settings"].get("glide")
     same = {k for k in STAGES if k in old.get("weights", {}) and old["weights"][k] == results["weights"][k]}
     core = {"clip", "prior", "decoder", "upsampler"}
     kept = []
     for key in SECTIONS:
         if key in sections or not core <= same or (key == "priors" and "ar_prior" not in same):
             continue
+        if key == "guidance":
+            if glide is not None and glide != old_glide:
+                continue
+            results["settings"]["glide"] = old_glide
         if key in old["sections"]:
             results["sections"][key] = old["sections"][key]
             kept.append(key)
@@ -214,6 +221,10 @@ def keep_sections(path: Path, results: dict, sections) -> list[str]:
             results.setdefault("skipped", {})[key] = old["skipped"][key]
             kept.append(key)
     return kept
+
+
+def _but_glide(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != "glide"}
 
 
 @contextmanager
