@@ -257,6 +257,26 @@ def test_ar_prior_quantizer_roundtrip_and_overfit(built_dataset, tiny_clip_dir):
     torch.testing.assert_close(torch.stack(logits, 1), full, atol=1e-4, rtol=1e-4)
 
 
+def test_ar_prior_from_weights_trains_on_the_codes_of_its_own_quantizer(built_dataset, tiny_clip_dir, tmp_path):
+    """--init-from: a fresh task fits its own PCA and buckets; loading a model must bring the model's quantizer
+    and re-encode the training codes with it, or the model learns codes its sampler decodes differently."""
+    from unclip.ar_prior import ARPriorTask
+
+    task = ARPriorTask(_cfg("ar_prior", built_dataset, tiny_clip_dir))
+    with torch.no_grad():
+        task.model.quantizer.edges.mul_(0.5)  # buckets fit on other data
+    task.model.save(tmp_path / "m")
+    fresh = ARPriorTask(_cfg("ar_prior", built_dataset, tiny_clip_dir))
+    assert not torch.equal(fresh.codes, task.model.quantizer.encode(_image_embeds(fresh)))
+    fresh.load_weights(tmp_path / "m")
+    assert torch.equal(fresh.model.quantizer.edges, task.model.quantizer.edges)
+    assert torch.equal(fresh.codes, task.model.quantizer.encode(_image_embeds(fresh)))
+
+
+def _image_embeds(task):
+    return torch.from_numpy(task.cond.image_embed[:].astype("float32"))
+
+
 def test_decoder_training_writes_previews_at_checkpoints(built_dataset, tiny_clip_dir, tmp_path):
     from PIL import Image
 

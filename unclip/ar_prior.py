@@ -229,4 +229,9 @@ class ARPriorTask(ConditionedTask):
         model.save(directory)
 
     def load_weights(self, directory: Path) -> None:
+        """The model's weights and its quantizer (PCA and buckets): the training codes are re-encoded with the
+        loaded quantizer, which the model was trained to predict (the one fit here may differ on other data)."""
+        import numpy as np
+
         self.model.load_state_dict(ARPrior.load(directory).state_dict())
+        self.codes = self.model.quantizer.encode(torch.from_numpy(np.asarray(self.cond.image_embed, dtype=np.float32)))
