@@ -1,6 +1,6 @@
 """How good are a prior's z_i? The numbers of the model card's prior section, for any prior.
 
-    .venv/bin/python scripts/prior_check.py [--model DIR] [--prior RUN/model] [--n 200] [--json]
+    .venv/bin/python scripts/prior_check.py [--model DIR] [--ar] [--prior RUN/model] [--n 200] [--json]
 
 For `n` held-out images per split (a seeded choice, one seeded caption each), the prior samples z_i
 from the caption (DDPM 25 steps, guidance 4, best of 2: the pipeline's defaults; --guidance, --best-of) and is scored
@@ -10,7 +10,8 @@ embeddings are cached (`unclip embed`), also how far each z_i lies from the data
 nearest training image's z_i (a sample off the manifold of real embeddings decodes as a blend), and
 whether that image shows the asked concept (held-out images only: their concepts are in training).
 `--prior` swaps
-in another prior export (a training run's model/ directory) with the model's CLIP stage. Cheap: a
+in another prior export (a training run's model/ directory) with the model's CLIP stage. `--ar` scores the
+autoregressive prior instead (its own sampling: no guidance, no steps; best of N as the pipeline). Cheap: a
 minute on 2 CPU threads, so a prior run can be checked between checkpoints before a judge evaluation.
 """
 
@@ -25,6 +26,7 @@ def main() -> int:
     import numpy as np
     import torch
 
+    from unclip.ar_prior import ARPrior
     from unclip.clip_task import uint8_to_tensor
     from unclip.embed import image_pack
     from unclip.models import default_model_dir
@@ -35,6 +37,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--model", type=Path, default=default_model_dir())
     p.add_argument("--prior", type=Path, help="a prior export to score instead of the model's")
+    p.add_argument("--ar", action="store_true", help="the autoregressive prior (--prior: an ar_prior export)")
     p.add_argument("--data", type=Path, default=default_data_dir())
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
@@ -49,7 +52,9 @@ def main() -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     pipe = UnCLIPPipeline.from_pretrained(a.model)
-    if a.prior:
+    if a.prior and a.ar:
+        pipe.ar_prior = ARPrior.load(a.prior)
+    elif a.prior:
         pipe.prior = Prior.load(a.prior)
     labels = {}
     for split in ("train", "heldout_images", "heldout_concepts"):
@@ -70,8 +75,10 @@ def main() -> int:
         best = sims.max(1)
         return best.values / z.norm(dim=1), train_concepts[best.indices]
 
-    out = {"model": str(a.model), "prior": str(a.prior or a.model / "prior"), "n": a.n, "guidance": a.guidance,
-           "best_of": a.best_of, "sampler": a.sampler, "steps": a.steps, "splits": {}}
+    kind = "ar" if a.ar else "diffusion"
+    out = {"model": str(a.model), "prior": str(a.prior or a.model / ("ar_prior" if a.ar else "prior")), "kind": kind,
+           "n": a.n, "best_of": a.best_of, "splits": {},
+           **({} if a.ar else {"guidance": a.guidance, "sampler": a.sampler, "steps": a.steps})}
     for split in ("heldout_images", "heldout_concepts"):
         images, idx = image_pack(a.data, split)
         rng = random.Random(a.seed)
@@ -83,7 +90,7 @@ def main() -> int:
             real = pipe.clip.encode_image(uint8_to_tensor(np.asarray(images[rows])))  # (n, D)
             text, empty = pipe.encode_prompt(captions)
             z = pipe.sample_image_embeds(text, empty, steps=a.steps, guidance_scale=a.guidance, best_of=a.best_of,
-                                         sampler=a.sampler, generator=torch.Generator().manual_seed(a.seed))
+                                         sampler=a.sampler, prior=kind, generator=torch.Generator().manual_seed(a.seed))
         (t1, t5), (r1, r5) = hits(z, target), hits(real, target)
         m = out["splits"][split] = {"cosine_to_real": round(float((z * real).sum(1).mean()), 4), "top1": t1, "top5": t5,
                                     "real_top1": r1, "real_top5": r5, "candidates": len(concepts),

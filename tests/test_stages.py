@@ -226,7 +226,7 @@ def test_degradations_are_per_sample_and_deterministic():
     assert c.shape == (2, 3, 8, 8) and torch.equal(c, degrade_bsr(x, 4, gens())) and c.abs().max() <= 1
 
 
-def test_ar_prior_quantizer_roundtrip_and_overfit(built_dataset, tiny_clip_dir):
+def test_ar_prior_quantizer_roundtrip_and_overfit(built_dataset, tiny_clip_dir, monkeypatch):
     from unclip.ar_prior import ARPriorTask
 
     task = ARPriorTask(_cfg("ar_prior", built_dataset, tiny_clip_dir))
@@ -255,6 +255,31 @@ def test_ar_prior_quantizer_roundtrip_and_overfit(built_dataset, tiny_clip_dir):
     drawn = torch.stack(codes, 1)  # (2, dims)
     full = m(b["text_hidden"], b["text_mask"], b["text_embed"], dot, drawn)  # (2, dims, buckets)
     torch.testing.assert_close(torch.stack(logits, 1), full, atol=1e-4, rtol=1e-4)
+    # classifier-free guidance: the cached, doubled batch gives what teacher forcing gives for the caption and
+    # for the empty caption (the encoding training dropped to), combined as u + s(c - u), on the codes drawn
+    e_t, e_hidden, e_mask = task.cond.text([0], torch.tensor([True]))  # "" as training's dropped captions
+    logits.clear(), codes.clear()
+    probs, multinomial = [], torch.multinomial
+    monkeypatch.setattr(torch, "multinomial", lambda p, *a, **k: probs.append(p) or multinomial(p, *a, **k))
+    m.head.forward = lambda h: logits.append(head(h)) or logits[-1]
+    m.code_embedding.forward = lambda c: codes.append(c) or embed(c)
+    try:
+        guided = m.generate(b["text_hidden"], b["text_mask"], b["text_embed"], torch.Generator().manual_seed(0),
+                            guidance_scale=3.0, uncond=(e_hidden, e_mask, e_t))
+    finally:
+        del m.head.forward, m.code_embedding.forward
+    drawn = torch.stack([c[:2] for c in codes], 1)  # (2, dims): both halves read the same codes
+    assert all(torch.equal(c[:2], c[2:]) for c in codes) and guided.shape == (2, 384)
+    cond = m(b["text_hidden"], b["text_mask"], b["text_embed"], dot, drawn)
+    free = m(e_hidden.expand(2, -1, -1), e_mask.expand(2, -1), e_t.expand(2, -1), dot, drawn)
+    got = torch.stack(logits, 1)  # (4, dims, buckets): the caption's rows, then the empty caption's
+    torch.testing.assert_close(got[:2], cond, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[2:], free, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.stack(probs, 1), torch.softmax(free + 3.0 * (cond - free), -1), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="needs uncond"):
+        m.generate(b["text_hidden"], b["text_mask"], b["text_embed"], guidance_scale=2.0)
+    with pytest.raises(ValueError, match="finite"):
+        m.generate(b["text_hidden"], b["text_mask"], b["text_embed"], guidance_scale=float("nan"))
 
 
 def test_ar_prior_from_weights_trains_on_the_codes_of_its_own_quantizer(built_dataset, tiny_clip_dir, tmp_path):

@@ -126,10 +126,27 @@ class ARPrior(nn.Module):
 
     @torch.no_grad()
     def generate(self, text_hidden, text_mask, text_embed, generator=None, temperature: float = 1.0,
-                 progress: str | None = None) -> torch.Tensor:
-        """Sample z_i (B, D); the dot-product token is drawn uniformly from the top half of its buckets."""
+                 guidance_scale: float = 1.0, uncond=None, progress: str | None = None) -> torch.Tensor:
+        """Sample z_i (B, D); the dot-product token is drawn uniformly from the top half of its buckets.
+
+        guidance_scale != 1: classifier-free guidance on the logits of every code (the paper guides both
+        priors; this one was trained with the caption dropped at `text_drop`), logits_u + s·(logits_c −
+        logits_u), where `uncond` = (hidden (B|1, T, E), mask (B|1, T), z_t (B|1, E)) encodes the empty
+        caption as in training; both halves share the dot token and the codes drawn."""
         b, nd = len(text_embed), self.config.dot_buckets
+        if not (guidance_scale == guidance_scale and abs(guidance_scale) != float("inf")):
+            raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+        guided = guidance_scale != 1.0
         dot = torch.randint(nd // 2, nd, (b,), generator=generator, device=text_embed.device)
+        if guided:
+            if uncond is None:
+                raise ValueError("guidance_scale != 1 needs uncond: the empty caption's (hidden, mask, z_t)")
+            hu, mu, eu = (u.expand(b, *u.shape[1:]) for u in uncond)
+            if hu.shape[1] != text_hidden.shape[1]:
+                raise ValueError(f"uncond has {hu.shape[1]} caption tokens, the captions {text_hidden.shape[1]}: pad both "
+                                 "to the same length")
+            text_hidden, text_mask = torch.cat([text_hidden, hu]), torch.cat([text_mask, mu])
+            text_embed, dot = torch.cat([text_embed, eu]), torch.cat([dot, dot])
         e, m = self.prefix(text_hidden, text_mask, text_embed, dot)
         codes, past, x, mask = [], None, e, m.long()
         from tqdm.auto import tqdm
@@ -141,11 +158,14 @@ class ARPrior(nn.Module):
             report_step(progress, j, self.dims)
             out = self.gpt(inputs_embeds=x, attention_mask=mask, use_cache=True, **{cache: past})
             past = out[cache]
-            probs = F.softmax(self.head(out.last_hidden_state[:, -1]).float() / temperature, -1)
-            c = torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
+            logits = self.head(out.last_hidden_state[:, -1]).float()  # (B or 2B, buckets)
+            if guided:
+                cond, free = logits.chunk(2)
+                logits = free + guidance_scale * (cond - free)
+            c = torch.multinomial(F.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]  # (B,)
             codes.append(c)
-            x = self.code_embedding(c)[:, None]
-            mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=mask.device)], 1)
+            x = self.code_embedding(torch.cat([c, c]) if guided else c)[:, None]
+            mask = torch.cat([mask, torch.ones(len(mask), 1, dtype=mask.dtype, device=mask.device)], 1)
         return self.quantizer.decode(torch.stack(codes, 1))
 
     def save(self, directory: Path, dtype: torch.dtype = torch.float16) -> None:

@@ -180,8 +180,9 @@ class UnCLIPPipeline:
         if prior == "ar":
             if self.ar_prior is None:
                 raise ValueError("this model has no autoregressive prior (ar_prior_config.json)")
-            cand = cand.pad_to(self.ar_prior.config.num_embeddings)
+            cand, free = cand.pad_to(self.ar_prior.config.num_embeddings), empty.pad_to(self.ar_prior.config.num_embeddings)
             z = self.ar_prior.generate(cand.hidden_states, cand.mask, cand.text_embed, generator=generator,
+                                       guidance_scale=guidance_scale, uncond=(free.hidden_states, free.mask, free.text_embed),
                                        progress="ar prior" if progress else None)
         elif prior == "diffusion":
             if self.prior is None:
