@@ -282,6 +282,18 @@ def test_ar_prior_quantizer_roundtrip_and_overfit(built_dataset, tiny_clip_dir, 
         m.generate(b["text_hidden"], b["text_mask"], b["text_embed"], guidance_scale=float("nan"))
 
 
+def test_ar_prior_layers_start_at_gpt2_scale():
+    """Embeddings and projections around the GPT-2 blocks start as GPT-2's own (std 0.02): with PyTorch's
+    N(0, 1) embeddings the input token swamped what the blocks add and the prior learned nothing from the
+    caption in 1,251 steps."""
+    from unclip.ar_prior import ARPrior, ARPriorConfig
+
+    m = ARPrior(ARPriorConfig(), dims=64)
+    for layer in (m.text_in, m.text_embed_in, m.dot_embedding, m.code_embedding, m.head):
+        assert abs(float(layer.weight.std()) - m.gpt.config.initializer_range) < 0.002, layer
+        assert getattr(layer, "bias", None) is None or not layer.bias.any()
+
+
 def test_ar_prior_from_weights_trains_on_the_codes_of_its_own_quantizer(built_dataset, tiny_clip_dir, tmp_path):
     """--init-from: a fresh task fits its own PCA and buckets; loading a model must bring the model's quantizer
     and re-encode the training codes with it, or the model learns codes its sampler decodes differently."""

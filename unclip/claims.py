@@ -142,8 +142,7 @@ def priors(rows: list[dict]) -> str | None:
     outcomes, note = _beats(d, a)
     return (f"**The diffusion prior beats the autoregressive prior** (paper): {_verdict(outcomes)} ({note}). "
             f"Diffusion {_fd(d)}, CLIP score {_clip(d)}, {d['seconds_per_image']:.2f} s/image; autoregressive {_fd(a)}, "
-            f"{_clip(a)}, {a['seconds_per_image']:.2f} s/image. (Two snapshots, not matched compute: see each prior's "
-            f"training steps in the model card.)")
+            f"{_clip(a)}, {a['seconds_per_image']:.2f} s/image. (Each prior's training compute: the model card.)")
 
 
 def samplers(rows: list[dict], speedup: float = 3.0, upsample: bool = True) -> str | None:
