@@ -11,7 +11,7 @@ nearest training image's z_i (a sample off the manifold of real embeddings decod
 whether that image shows the asked concept (held-out images only: their concepts are in training).
 `--prior` swaps
 in another prior export (a training run's model/ directory) with the model's CLIP stage. `--ar` scores the
-autoregressive prior instead (its own sampling: no guidance, no steps; best of N as the pipeline). Cheap: a
+autoregressive prior instead (guidance on its logits and best of N as the pipeline; no sampler or steps). Cheap: a
 minute on 2 CPU threads, so a prior run can be checked between checkpoints before a judge evaluation.
 """
 
@@ -77,8 +77,8 @@ def main() -> int:
 
     kind = "ar" if a.ar else "diffusion"
     out = {"model": str(a.model), "prior": str(a.prior or a.model / ("ar_prior" if a.ar else "prior")), "kind": kind,
-           "n": a.n, "best_of": a.best_of, "splits": {},
-           **({} if a.ar else {"guidance": a.guidance, "sampler": a.sampler, "steps": a.steps})}
+           "n": a.n, "guidance": a.guidance, "best_of": a.best_of, "splits": {},
+           **({} if a.ar else {"sampler": a.sampler, "steps": a.steps})}
     for split in ("heldout_images", "heldout_concepts"):
         images, idx = image_pack(a.data, split)
         rng = random.Random(a.seed)

@@ -10,6 +10,7 @@ is drawn from the top half of its buckets, which steers towards images that matc
 
 import functools
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -146,7 +147,7 @@ class ARPrior(nn.Module):
         logits_u), where `uncond` = (hidden (B|1, T, E), mask (B|1, T), z_t (B|1, E)) encodes the empty
         caption as in training; both halves share the dot token and the codes drawn."""
         b, nd = len(text_embed), self.config.dot_buckets
-        if not (guidance_scale == guidance_scale and abs(guidance_scale) != float("inf")):
+        if not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
         guided = guidance_scale != 1.0
         dot = torch.randint(nd // 2, nd, (b,), generator=generator, device=text_embed.device)
@@ -210,7 +211,7 @@ class ARPriorTask(ConditionedTask):
         clip_dir = clip_dir_for(cfg)
         self.cond = conditioning or Conditioning(cfg.data, "train", clip_dir, max_tokens=self.config.num_embeddings)
         self.clip_dir = self.cond.clip_dir
-        z = torch.from_numpy(np.asarray(self.cond.image_embed, dtype=np.float32))
+        z = self._image_embeds()
         first = torch.from_numpy(np.asarray(self.cond.text_embed[self.cond.offsets[:-1]], dtype=np.float32))
         dims = Quantizer.choose_dims(z, self.config.explained_variance, self.config.max_dims)
         self.model = ARPrior(self.config, dims)
@@ -260,10 +261,13 @@ class ARPriorTask(ConditionedTask):
     def export(self, model: ARPrior, directory: Path) -> None:
         model.save(directory)
 
+    def _image_embeds(self) -> torch.Tensor:
+        import numpy as np
+
+        return torch.from_numpy(np.asarray(self.cond.image_embed, dtype=np.float32))  # (N, D)
+
     def load_weights(self, directory: Path) -> None:
         """The model's weights and its quantizer (PCA and buckets): the training codes are re-encoded with the
         loaded quantizer, which the model was trained to predict (the one fit here may differ on other data)."""
-        import numpy as np
-
         self.model.load_state_dict(ARPrior.load(directory).state_dict())
-        self.codes = self.model.quantizer.encode(torch.from_numpy(np.asarray(self.cond.image_embed, dtype=np.float32)))
+        self.codes = self.model.quantizer.encode(self._image_embeds())

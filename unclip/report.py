@@ -210,16 +210,16 @@ def keep_sections(path: Path, results: dict, sections) -> list[str]:
     for key in SECTIONS:
         if key in sections or not core <= same or (key == "priors" and "ar_prior" not in same):
             continue
-        if key == "guidance":
-            if glide is not None and glide != old_glide:
-                continue
-            results["settings"]["glide"] = old_glide
+        if key == "guidance" and glide is not None and glide != old_glide:
+            continue
         if key in old["sections"]:
             results["sections"][key] = old["sections"][key]
             kept.append(key)
         elif key in old.get("skipped", {}):
             results.setdefault("skipped", {})[key] = old["skipped"][key]
             kept.append(key)
+    if "guidance" in kept:  # measured with the stored GLIDE-like decoder, whether or not this run has one
+        results["settings"]["glide"] = old_glide
     return kept
 
 
