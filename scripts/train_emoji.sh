@@ -24,6 +24,8 @@ MP=${MP:-$($PY -c 'from unclip.precision import native_bf16; print("bf16" if nat
 # Session 11 measured that the decoder draws its training images' z_i no more faithfully than new ones'
 # (reconstruction cosine 0.394 vs 0.424): what z_i holds is underfit, not overfit; a CLIP-consistency term
 # (--option clip_weight=0.5, and 2) did not raise it within 1,000 steps (MODEL_CARD).
+# Session 15: P2 weighting (--option min_snr_gamma=1, out ~/.cache/unclip/runs/decoder-p2) moved nothing in
+# scripts/decoder_check.py at 447 steps (MODEL_CARD).
 # upsampler: session 12 continued it for 6,230 steps (held-out eps-MSE 0.0561 -> 0.0381, PSNR 29.48 -> 32.14 dB)
 # --compile (from step 9,190): torch.compile'd decoder steps, 23.3 samples/s vs 18.3 eager on 2 threads (bf16), measured
 # ar_prior: retrained from scratch in session 14 after an initialisation fix (its embeddings started at N(0, 1), 50x
