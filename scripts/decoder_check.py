@@ -31,7 +31,7 @@ def main() -> int:
     from unclip.conditioning import load_clip_dir
     from unclip.decoder import Decoder
     from unclip.embed import image_pack
-    from unclip.evaluate import judge_view
+    from unclip.evaluate import decode_batches, judge_view, source_retrieval
     from unclip.finetune import StyleProbe
     from unclip.models import default_model_dir
     from unclip.paths import default_data_dir
@@ -66,19 +66,16 @@ def main() -> int:
     real = uint8_to_tensor(np.asarray(images[rows]))  # (n, 3, 64, 64) in [-1, 1]
     with torch.no_grad():
         z = pipe.clip.encode_image(real)  # (n, D)
-        out = torch.cat([pipe.from_embeds(z[b:b + 8], caps[b:b + 8], decoder_steps=a.steps, decoder_guidance_scale=a.guidance,
-                                          sampler="ddim", upsample=False, output_type="pt",
-                                          generator=torch.Generator().manual_seed(a.seed * 1000 + b)).images * 2 - 1
-                         for b in range(0, len(rows), 8)])
+        out = decode_batches(lambda zb, cb, g: pipe.from_embeds(
+            zb, cb, decoder_steps=a.steps, decoder_guidance_scale=a.guidance, sampler="ddim", upsample=False,
+            output_type="pt", generator=g).images * 2 - 1, z, caps, a.seed)
         z_rec = pipe.clip.encode_image(out)
     zn, rn = F.normalize(z, dim=-1), F.normalize(z_rec, dim=-1)
     n = len(rows)
     off = ~torch.eye(n, dtype=torch.bool)
     view = judge_view(load_clip_dir(find_judge(a.judge)), a.data)
     (_, j_real), (_, j_rec) = view.images(real), view.images(out)
-    sim = j_rec @ j_real.T  # (n, n): reconstruction i vs source j
-    top = sim.topk(min(5, n), dim=1).indices
-    target = torch.arange(n)
+    source = source_retrieval(j_rec, j_real)
     concepts = [idx["concepts"][i] for i in rows]
     rank_rec, rank_real = view.ranks(j_rec, concepts), view.ranks(j_real, concepts)
     probe = StyleProbe(pipe.clip, a.model, [a.data])
@@ -88,8 +85,7 @@ def main() -> int:
     r = {"model": str(a.model), "decoder": str(a.decoder or a.model / "decoder"), "split": a.split, "images": n,
          "steps": a.steps, "guidance": pipe.default_decoder_guidance(a.guidance, inverted=False), "seed": a.seed,
          "clip_cosine": round(float((zn * rn).sum(1).mean()), 4), "clip_baseline": round(float((zn @ zn.T)[off].mean()), 4),
-         "judge_cosine": round(float(sim.diag().mean()), 4),
-         "source_top1": float((top[:, 0] == target).float().mean()), "source_top5": float((top == target[:, None]).any(1).float().mean()),
+         "judge_cosine": round(source["cosine"], 4), "source_top1": source["top1"], "source_top5": source["top5"],
          "concept_top1": float((rank_rec <= 1).float().mean()), "concept_top5": float((rank_rec <= 5).float().mean()),
          "concept_top1_real": float((rank_real <= 1).float().mean()), "concept_top5_real": float((rank_real <= 5).float().mean()),
          "style": float(np.mean([s == t for s, t in zip(said_rec, truth)])),

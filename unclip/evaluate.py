@@ -280,13 +280,24 @@ def reconstruction(view: JudgeView, data: Path, n: int, seed: int, decode, clip,
     pick = np.sort(np.random.default_rng(seed + 2).choice(len(images), size=min(n, len(images)), replace=False))
     real = uint8_to_tensor(np.asarray(images[pick]))  # (n, 3, H, W) in [-1, 1]
     caps = [idx["captions"][idx["caption_offsets"][i]] for i in pick]
-    z = clip.encode_image(real)
-    out = torch.cat([decode(z[b:b + batch], caps[b:b + batch], torch.Generator().manual_seed(seed * 1000 + b))
-                     for b in range(0, len(pick), batch)])
-    sim = view.images(out)[1] @ view.images(real)[1].T  # (n, n): reconstruction i vs source j
-    target = torch.arange(len(pick))
-    top = sim.topk(min(5, len(pick)), dim=1).indices
-    return {"images": len(pick), "cosine": float(sim.diag().mean()),
+    out = decode_batches(decode, clip.encode_image(real), caps, seed, batch)
+    return source_retrieval(view.images(out)[1], view.images(real)[1])
+
+
+def decode_batches(decode, z: torch.Tensor, captions: list[str], seed: int, batch: int = 8) -> torch.Tensor:
+    """`decode(z_i, captions, generator)` over z (n, D) in batches, each batch seeded from `seed` and its
+    offset (the same images whatever else runs) -> (n, 3, H, W)."""
+    return torch.cat([decode(z[b:b + batch], captions[b:b + batch], torch.Generator().manual_seed(seed * 1000 + b))
+                      for b in range(0, len(z), batch)])
+
+
+def source_retrieval(rec: torch.Tensor, src: torch.Tensor) -> dict:
+    """Unit judge embeddings of reconstructions (n, D) and their sources (n, D) -> mean cosine of each pair and
+    top-1/top-5 retrieval of each one's source among the n (chance 1/n)."""
+    sim = rec @ src.T  # (n, n): reconstruction i vs source j
+    target = torch.arange(len(src))
+    top = sim.topk(min(5, len(src)), dim=1).indices
+    return {"images": len(src), "cosine": float(sim.diag().mean()),
             "top1": float((top[:, 0] == target).float().mean()), "top5": float((top == target[:, None]).any(1).float().mean())}
 
 
