@@ -51,10 +51,11 @@ for stage in $STAGES; do
                --lr-schedule wsd --decay-steps 4000 --compile --threads "$THREADS" --mixed-precision "$MP" --resume $(init decoder_config.json) ;;
     upsampler) $UNCLIP train upsampler --preset small --batch-size 16 --lr 2e-4 --max-steps 50000 \
                  --threads "$THREADS" --mixed-precision "$MP" --resume $(init super_res_first_config.json) ;;
-    # AR_STEPS: the committed weights reached the matched-compute point (2,656 steps) in session 16, so 0 skips
-    # the stage; AR_STEPS=2656 with no committed AR weights retrains it from scratch
-    ar_prior) if [ "${AR_STEPS:-0}" = 0 ]; then echo "AR prior at matched compute ($SHIPPED); skipping"; continue; fi
-              $UNCLIP train ar_prior --preset small --batch-size 128 --lr 3e-4 --max-steps "$AR_STEPS" --mixed-precision "$MP" \
+    # AR_STEPS: the committed weights reached the matched-compute point (2,656 steps) in session 16, so by default
+    # the stage is skipped when they are present (as the frozen CLIP) and trains 2,656 steps from scratch when not
+    ar_prior) steps=${AR_STEPS:-$([ -f "$SHIPPED/ar_prior_config.json" ] && echo 0 || echo 2656)}
+              if [ "$steps" = 0 ]; then echo "AR prior at matched compute ($SHIPPED); skipping"; continue; fi
+              $UNCLIP train ar_prior --preset small --batch-size 128 --lr 3e-4 --max-steps "$steps" --mixed-precision "$MP" \
                 --compile --threads "$THREADS" --resume $(init ar_prior_config.json) ;;
     # evaluation only, not shipped and not in the default STAGES: the GLIDE-like decoder of `unclip report
     # --glide-decoder ~/.cache/unclip/runs/decoder-glide/model` (the shipped decoder continued on captions alone)
