@@ -132,6 +132,26 @@ def test_decoder_task_records_the_data_mean_colour(built_dataset, tiny_clip_dir)
     assert task.model.config.dc_mean == pytest.approx(tuple(want), abs=1e-6)
 
 
+def test_conditioning_errors_tell_what_z_i_adds(built_dataset, tiny_clip_dir):
+    from unclip.decoder import DecoderTask, conditioning_errors
+
+    task = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        task.model.null_image_embed.normal_()
+    r = conditioning_errors(task.model, task.cond, [0, 1, 2], timesteps=(200, 900))
+    assert r["timesteps"] == [200, 900] and all(len(v) == 2 for v in r.values())
+    assert r["own z_i"] != r["other z_i"] and r["own z_i"] != r["null z_i"] and r["own z_i"] != r["own z_i, no caption"]
+    assert task.model.training  # left as it was
+    proj = task.model.text_proj  # with z_i's two projections zeroed, every z_i (the null one too) gives the same errors
+    with torch.no_grad():
+        proj.clip_image_embeddings_project_to_time_embeddings.weight.zero_()
+        proj.clip_extra_context_tokens_proj.weight.zero_()
+    r = conditioning_errors(task.model, task.cond, [0, 1, 2], timesteps=(200, 900))
+    assert r["own z_i"] == r["other z_i"] == r["null z_i"]
+    assert r["own z_i, no caption"] == r["null z_i, no caption"] != r["own z_i"]
+
+
 def test_decoder_shapes_guidance_null_and_roundtrip(tmp_path):
     from unclip.decoder import Decoder, DecoderConfig
     from unclip.presets import load_preset

@@ -261,6 +261,46 @@ class Decoder(nn.Module):
         self.text_proj.load_state_dict({k: v.float() for k, v in proj.state_dict().items()})
 
 
+@torch.no_grad()
+def conditioning_errors(model: "Decoder", cond, indices: list[int], timesteps=(100, 300, 500, 700, 850, 950),
+                        seed: int = 0) -> dict[str, list[float]]:
+    """How much of each image the decoder recovers from what it is given: x0-MSE (the x0 its ε implies,
+    clamped) per noise level in `timesteps`, with fixed noise, for the images `indices` of the
+    Conditioning `cond`, given their own z_i or the next image's (the z_i of another image) or the learned
+    null z_i, each with the canonical caption or "". Own minus another / null is what z_i adds: a
+    denoising-loss view of the paper's conditioning ablation, without the sampler's trajectory."""
+    from unclip.diffusion import Schedule
+
+    n, schedule = len(indices), Schedule()
+    x0 = cond.pixels(indices, model.config.sample_size)  # (n, 3, S, S)
+    z_t, hidden, mask = cond.text([int(cond.offsets[i]) for i in indices])  # canonical (first) captions
+    z_i = cond.image_embeds(indices)  # (n, D)
+    other = z_i.roll(1, 0)
+    width = max(hidden.shape[1], len(cond.empty_tokens))
+    caption = (z_t, F.pad(hidden, (0, 0, 0, width - hidden.shape[1])), F.pad(mask, (0, width - mask.shape[1])))
+    empty_hidden = torch.zeros(n, width, cond.empty_tokens.shape[-1])  # (n, T, W)
+    empty_hidden[:, :len(cond.empty_tokens)] = cond.empty_tokens
+    empty_mask = torch.zeros(n, width, dtype=torch.bool)
+    empty_mask[:, :len(cond.empty_tokens)] = True
+    empty = (cond.empty_text_embed[None].expand(n, -1), empty_hidden, empty_mask)
+    null = torch.ones(n, dtype=torch.bool)
+    variants = {"own z_i": (z_i, caption, None), "other z_i": (other, caption, None), "null z_i": (z_i, caption, null),
+                "own z_i, no caption": (z_i, empty, None), "null z_i, no caption": (z_i, empty, null)}
+    out = {name: [] for name in variants}
+    was_training = model.training
+    model.eval()
+    for i, step in enumerate(timesteps):
+        t = torch.full((n,), int(step))
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + i))
+        x_t = schedule.q_sample(x0, t, noise)
+        for name, (z, (z_t, hidden, mask), dropped) in variants.items():
+            eps = model(x_t, t, z, z_t, hidden, mask, dropped)[:, :3].float()
+            x0_pred = schedule.predict_x0(x_t, t, eps).clamp(-1, 1)
+            out[name].append(float((x0_pred - x0).pow(2).mean()))
+    model.train(was_training)
+    return {"timesteps": list(timesteps), **out}
+
+
 def clip_consistency(clip, x0_pred: torch.Tensor, z_i: torch.Tensor) -> torch.Tensor:
     """Cosine (B,) between the CLIP stage's embedding of the predicted x0 (B, 3, H, W) and the z_i
     (B, D) the decoder was asked to draw. The ε loss alone rewards pixels, and a small decoder spends
