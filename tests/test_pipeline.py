@@ -30,6 +30,48 @@ def test_guidance_formula_and_scale_one_is_no_guidance():
     torch.testing.assert_close(guided(pair, 3.0, split=2)(x, 0)[:, 2:], cond[:, 2:])  # variance channels unguided
 
 
+def test_guidance_interval_guides_only_inside_it_and_is_checked():
+    calls = []
+
+    def pair(x, t, cond_only=False):
+        calls.append(cond_only)
+        return x if cond_only else torch.cat([x[: len(x) // 2] - 1.0, x[len(x) // 2:]])  # [uncond; cond], uncond = cond - 1
+
+    x = torch.zeros(2, 3)
+    denoise = guided(pair, 3.0, interval=(100, 800))
+    for t, want in ((99, 0.0), (100, 2.0), (800, 2.0), (801, 0.0), (999, 0.0)):
+        torch.testing.assert_close(denoise(x, torch.tensor(t)), torch.full((2, 3), want))
+    assert calls == [True, False, False, True, True]  # no unconditional pass outside the interval
+    for bad in ((800, 100), (-1, 500), (0, 1000), (1, 2, 3), "10-20", (0.5, 10)):
+        with pytest.raises(ValueError, match="guidance interval"):
+            guided(pair, 3.0, interval=bad)
+
+
+def test_decoder_guidance_interval_from_its_config(pipe):
+    """The whole range is plain CFG; an interval holding none of the steps is guidance 1."""
+    from unclip.decoder import DecoderConfig
+
+    z = torch.nn.functional.normalize(torch.randn(2, pipe.clip.embed_dim, generator=_gen(1)), dim=-1)
+
+    def run(g):
+        return pipe.from_embeds(z, "a cat", decoder_steps=4, upsample=False, output_type="pt",
+                                decoder_guidance_scale=g, generator=_gen()).images
+
+    plain, unguided = run(3.0), run(1.0)
+    try:
+        pipe.decoder.config.guidance_interval = (0, 999)
+        torch.testing.assert_close(run(3.0), plain, rtol=0, atol=0)
+        pipe.decoder.config.guidance_interval = (1, 2)  # DDIM 4 steps: t = 999, 749, 499, 249
+        torch.testing.assert_close(run(3.0), unguided, rtol=0, atol=0)
+        pipe.decoder.config.guidance_interval = (400, 600)
+        assert not torch.equal(run(3.0), plain) and not torch.equal(run(3.0), unguided)
+    finally:
+        pipe.decoder.config.guidance_interval = None
+    with pytest.raises(ValueError, match="guidance interval"):
+        DecoderConfig(guidance_interval=(900, 100))
+    assert DecoderConfig(guidance_interval=[167, 882]).guidance_interval == (167, 882)
+
+
 def test_text_to_image_shapes_outputs_and_determinism(pipe):
     out = pipe("a grinning cat, 3D style", num_images_per_prompt=2, prior_steps=3, decoder_steps=3, upsampler_steps=2,
                generator=_gen(), output_type="np")

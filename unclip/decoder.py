@@ -39,12 +39,18 @@ class DecoderConfig:
     caption_drop: float = 0.5  # CFG: caption -> ""
     dc_mean: tuple[float, ...] | None = None  # training images' mean colour in [-1, 1]: the mean start (see `start`)
     guidance_scale: float | None = None  # this model's default text-to-image guidance (None: Karlo's 8)
+    guidance_interval: tuple[int, int] | None = None  # guide only at t_lo <= t <= t_hi (`sampling.guided`); None: every t
     loss_options: dict | None = None  # the DecoderTask loss options it was trained with; a fine-tune keeps them
 
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)  # JSON presets and configs hold lists
         if self.dc_mean is not None:
             self.dc_mean = tuple(float(v) for v in self.dc_mean)
+        if self.guidance_interval is not None:
+            from unclip.sampling import check_guidance_interval
+
+            check_guidance_interval(self.guidance_interval)
+            self.guidance_interval = tuple(int(v) for v in self.guidance_interval)
 
     @property
     def time_embed_dim(self) -> int:
@@ -137,7 +143,7 @@ class Decoder(nn.Module):
                 return self(x, t.expand(len(x)), image_embeds, text.text_embed, text.hidden_states, text.mask)
             return self(x, t.expand(len(x)), z_pair, pair.text_embed, pair.hidden_states, pair.mask)
 
-        return guided(denoise_pair, guidance_scale, split=3)
+        return guided(denoise_pair, guidance_scale, split=3, interval=self.config.guidance_interval)
 
     @torch.no_grad()
     def sample(self, image_embeds: torch.Tensor, text, empty, *, steps: int = 25, guidance_scale: float = 8.0,

@@ -95,15 +95,21 @@ def _clip_x0(out, x, alpha_bar, prediction_type: str, r: float):
     return (x - a * x0) / sigma
 
 
-def guided(denoise_pair, guidance_scale: float, split: int | None = None):
+def guided(denoise_pair, guidance_scale: float, split: int | None = None, interval: tuple[int, int] | None = None):
     """CFG: `denoise_pair(x2, t)` returns outputs for [uncond; cond] of a doubled batch.
 
     out = uncond + s (cond - uncond) on the first `split` channels (ε; the rest, a learned
     variance, is taken from the conditional half, as Karlo does). Scale 1 skips the uncond pass.
+    `interval` (t_lo, t_hi): guide only at timesteps t_lo <= t <= t_hi and take the conditional output
+    alone elsewhere (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval": guidance at
+    the highest noise levels costs diversity, at the lowest it changes little), which also skips
+    the unconditional pass there.
     """
+    if interval is not None:
+        check_guidance_interval(interval)
 
     def denoise(x, t):
-        if guidance_scale == 1.0:
+        if guidance_scale == 1.0 or (interval is not None and not interval[0] <= int(t) <= interval[1]):
             return denoise_pair(x, t, cond_only=True)
         out = denoise_pair(torch.cat([x, x]), t)
         uncond, cond = out.chunk(2)
@@ -112,6 +118,13 @@ def guided(denoise_pair, guidance_scale: float, split: int | None = None):
         return torch.cat([mixed, cond[:, k:]], 1)
 
     return denoise
+
+
+def check_guidance_interval(interval) -> None:
+    """Two training timesteps 0 <= t_lo <= t_hi <= 999; one clear error otherwise."""
+    ok = isinstance(interval, (tuple, list)) and len(interval) == 2 and all(float(v) == int(v) for v in interval)
+    if not ok or not 0 <= int(interval[0]) <= int(interval[1]) <= 999:
+        raise ValueError(f"a guidance interval is two timesteps t_lo <= t_hi in 0..999, got {interval!r}")
 
 
 def check_steps(sampler: str, **steps: int) -> None:
