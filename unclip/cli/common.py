@@ -87,6 +87,8 @@ def load_pipe(a, inverted: bool = False):
     if a.threads:
         torch.set_num_threads(a.threads)
     pipe = UnCLIPPipeline.from_pretrained(model).set_precision(getattr(a, "precision", "fp32"))
+    if getattr(a, "decoder_guidance_interval", None) is not None:
+        pipe.decoder.config.guidance_interval = a.decoder_guidance_interval
     if hasattr(a, "decoder_guidance") and a.decoder_guidance is None:
         a.decoder_guidance = pipe.default_decoder_guidance(inverted=inverted)  # the value used is the value recorded
     return pipe, model
@@ -97,6 +99,26 @@ def common_params(a, model, **extra) -> dict:
 
     return {"seed": a.seed, "decoder_steps": a.decoder_steps, "decoder_guidance_scale": a.decoder_guidance,
             "precision": a.precision, "model": str(model), "model_hash": model_hash(model), **extra}
+
+
+def guidance_interval(text: str) -> tuple[int, int]:
+    """--decoder-guidance-interval LO,HI: two training timesteps (checked as the decoder config's)."""
+    import argparse
+
+    from unclip.sampling import check_guidance_interval
+
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+        check_guidance_interval((lo, hi))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two timesteps LO,HI with 0 <= LO <= HI <= 999, got {text!r}") from None
+    return lo, hi
+
+
+def add_guidance_interval(parser) -> None:
+    parser.add_argument("--decoder-guidance-interval", type=guidance_interval, metavar="LO,HI",
+                        help="guide the decoder only at timesteps LO..HI, unguided elsewhere (default: the model's "
+                             "own, its decoder config; else every step)")
 
 
 def add_precision(parser) -> None:

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from unclip.cli.common import add_precision, apply_loras, find_judge, load_pipe, model_dir
+from unclip.cli.common import add_guidance_interval, add_precision, apply_loras, find_judge, load_pipe, model_dir
 from unclip.paths import default_data_dir
 
 
@@ -34,6 +34,7 @@ def register(sub) -> None:
                          "image's own z_i (an oracle prior: what the decoder reaches from a perfect z_i; no diversity)")
     ev.add_argument("--prior-guidance", type=float, help="default: the pipeline's (4)")
     ev.add_argument("--decoder-guidance", type=float, help="default: the model's (its decoder config), else 8")
+    add_guidance_interval(ev)
     ev.add_argument("--best-of", type=int, help="prior samples per image, the one closest to z_t kept (default: the pipeline's, 2)")
     ev.add_argument("--reconstructions", type=int, default=16,
                     help="held-out images decoded from their own z_i: the decoder alone, without the prior (0: skip)")
@@ -131,6 +132,7 @@ def _eval(a) -> int:
                  generate=generate)
     r = strip(r)
     r["model"], r["judge"], r["inference_precision"], r["prior"] = str(model), str(judge_dir), a.precision, a.prior
+    r["generate"]["decoder_guidance_interval"] = pipe.decoder.config.guidance_interval  # None: every step
     if loras:
         r["lora"] = loras
     if base is not None:

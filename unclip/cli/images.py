@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from unclip.cli.common import (add_precision, apply_loras, check_prompt, common_params, image_or_prompt, load_pipe,
-                               number_list, open_image, png_path, save_grid)
+from unclip.cli.common import (add_guidance_interval, add_precision, apply_loras, check_prompt, common_params,
+                               image_or_prompt, load_pipe, number_list, open_image, png_path, save_grid)
 
 
 def register(sub) -> None:
@@ -22,6 +22,7 @@ def register(sub) -> None:
     g.add_argument("--upsampler-steps", type=int, help="default: the sampler's (ddpm 7, ddim 7, dpm++ 2)")
     g.add_argument("--prior-guidance", type=float, default=4.0)
     g.add_argument("--decoder-guidance", type=float, help="default: the model's (its decoder config), else 8")
+    add_guidance_interval(g)
     g.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
     g.add_argument("--upsampler-strength", type=float,
                    help="1: upsample from pure noise (Karlo); below 1: from the noised bicubic image, fewer steps "
@@ -115,6 +116,8 @@ def _generate(a) -> int:
     params = {"prompt": a.prompt, "seed": a.seed, "num_images": a.num_images, "prior": a.prior, **steps,
               "prior_guidance_scale": a.prior_guidance,
               "decoder_guidance_scale": a.decoder_guidance,
+              **({"decoder_guidance_interval": list(pipe.decoder.config.guidance_interval)}
+                 if pipe.decoder.config.guidance_interval else {}),
               "sampler": a.sampler, "eta": a.eta, "best_of": a.best_of, "precision": a.precision,
               "model": str(model), "model_hash": model_hash(model),
               "upsample": not a.no_upsample and pipe.upsampler is not None,
