@@ -99,8 +99,7 @@ def main() -> int:
         from unclip.conditioning import Conditioning
         from unclip.decoder import conditioning_errors
 
-        decoder = Decoder.load(a.decoder or a.model)  # fp32, eval: the weights the check sampled with
-        r["conditioning_x0_mse"] = conditioning_errors(decoder, Conditioning(a.data, a.split, a.model, clip=pipe.clip),
+        r["conditioning_x0_mse"] = conditioning_errors(pipe.decoder, Conditioning(a.data, a.split, a.model, clip=pipe.clip),
                                                        rows.tolist(), seed=a.seed)
     if a.json:
         print(json.dumps(r))

@@ -42,7 +42,7 @@ def test_guidance_interval_guides_only_inside_it_and_is_checked():
     for t, want in ((99, 0.0), (100, 2.0), (800, 2.0), (801, 0.0), (999, 0.0)):
         torch.testing.assert_close(denoise(x, torch.tensor(t)), torch.full((2, 3), want))
     assert calls == [True, False, False, True, True]  # no unconditional pass outside the interval
-    for bad in ((800, 100), (-1, 500), (0, 1000), (1, 2, 3), "10-20", (0.5, 10)):
+    for bad in ((800, 100), (-1, 500), (0, 1000), (1, 2, 3), "10-20", (0.5, 10), (None, 5), ("1", "2")):
         with pytest.raises(ValueError, match="guidance interval"):
             guided(pair, 3.0, interval=bad)
 

@@ -279,17 +279,11 @@ def conditioning_errors(model: "Decoder", cond, indices: list[int], timesteps=(1
 
     n, schedule = len(indices), Schedule()
     x0 = cond.pixels(indices, model.config.sample_size)  # (n, 3, S, S)
-    z_t, hidden, mask = cond.text([int(cond.offsets[i]) for i in indices])  # canonical (first) captions
+    ids = [int(cond.offsets[i]) for i in indices]  # canonical (first) captions
+    null = torch.ones(n, dtype=torch.bool)
+    caption, empty = cond.text(ids), cond.text(ids, null)  # z_t (n, D), tokens (n, T, W), mask (n, T); "" for all
     z_i = cond.image_embeds(indices)  # (n, D)
     other = z_i.roll(1, 0)
-    width = max(hidden.shape[1], len(cond.empty_tokens))
-    caption = (z_t, F.pad(hidden, (0, 0, 0, width - hidden.shape[1])), F.pad(mask, (0, width - mask.shape[1])))
-    empty_hidden = torch.zeros(n, width, cond.empty_tokens.shape[-1])  # (n, T, W)
-    empty_hidden[:, :len(cond.empty_tokens)] = cond.empty_tokens
-    empty_mask = torch.zeros(n, width, dtype=torch.bool)
-    empty_mask[:, :len(cond.empty_tokens)] = True
-    empty = (cond.empty_text_embed[None].expand(n, -1), empty_hidden, empty_mask)
-    null = torch.ones(n, dtype=torch.bool)
     variants = {"own z_i": (z_i, caption, None), "other z_i": (other, caption, None), "null z_i": (z_i, caption, null),
                 "own z_i, no caption": (z_i, empty, None), "null z_i, no caption": (z_i, empty, null)}
     out = {name: [] for name in variants}

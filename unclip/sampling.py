@@ -122,7 +122,8 @@ def guided(denoise_pair, guidance_scale: float, split: int | None = None, interv
 
 def check_guidance_interval(interval) -> None:
     """Two training timesteps 0 <= t_lo <= t_hi <= 999; one clear error otherwise."""
-    ok = isinstance(interval, (tuple, list)) and len(interval) == 2 and all(float(v) == int(v) for v in interval)
+    ok = (isinstance(interval, (tuple, list)) and len(interval) == 2
+          and all(isinstance(v, (int, float)) and float(v) == int(v) for v in interval))
     if not ok or not 0 <= int(interval[0]) <= int(interval[1]) <= 999:
         raise ValueError(f"a guidance interval is two timesteps t_lo <= t_hi in 0..999, got {interval!r}")
 
