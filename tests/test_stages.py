@@ -152,6 +152,25 @@ def test_conditioning_errors_tell_what_z_i_adds(built_dataset, tiny_clip_dir):
     assert r["own z_i, no caption"] == r["null z_i, no caption"] != r["own z_i"]
 
 
+def test_neighbour_errors_weigh_the_nearest_training_images_and_leave_the_image_out(built_dataset, tiny_clip_dir):
+    """z_i alone, no decoder: the mean image's x0-MSE, and the softmax-weighted nearest training images';
+    at a tiny temperature the estimate is the nearest other image, never the image itself."""
+    import torch.nn.functional as F
+
+    from unclip.decoder import DecoderTask, neighbour_errors
+
+    cond = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir)).cond
+    n, idx = len(cond), [0, 1, 2]
+    x = cond.pixels(list(range(n)), 16)
+    r = neighbour_errors(cond, cond, idx, 16, k=2, temperature=1e-6)
+    assert r["mean image"] == pytest.approx(float((x[idx] - x.mean(0)).pow(2).mean()), rel=1e-5)
+    z = F.normalize(cond.image_embeds(list(range(n))).float(), dim=-1)
+    sim = z[idx] @ z.T
+    sim[torch.arange(3), torch.tensor(idx)] = -2
+    nearest = x[sim.argmax(1)]
+    assert r["2 z_i neighbours"] == pytest.approx(float((x[idx] - nearest).pow(2).mean()), rel=1e-4)
+
+
 def test_decoder_shapes_guidance_null_and_roundtrip(tmp_path):
     from unclip.decoder import Decoder, DecoderConfig
     from unclip.presets import load_preset
@@ -451,7 +470,8 @@ def test_a_fine_tune_keeps_the_loss_options_its_decoder_was_trained_with(built_d
     trained.export(trained.model, tmp_path / "m")
     assert Decoder.load(tmp_path / "m").config.loss_options == {"min_snr_gamma": 5.0, "high_noise_floor": 0.05,
                                                                 "dc_weight": 0.002, "dropout": 0.0,
-                                                                "embed_noise": 0.0, "clip_weight": 0.0}
+                                                                "embed_noise": 0.0, "clip_weight": 0.0,
+                                                                "focus_from": 0.0, "focus_share": 0.0}
     tuned = DecoderTask(TrainConfig(stage="decoder", data=built_dataset, init_from=tmp_path / "m",
                                     options={"clip": str(tiny_clip_dir), "dc_weight": 0.0}))
     assert (tuned.high_noise_floor, tuned.dc_weight, tuned.gamma) == (0.05, 0.0, 5.0)
@@ -589,3 +609,98 @@ def test_image_drop_1_trains_a_caption_only_decoder_that_keeps_its_rates(built_d
     assert (tuned.config.image_drop, tuned.config.caption_drop) == (0.1, 0.5)
     with pytest.raises(ValueError, match="image_drop must be in"):
         DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, image_drop=1.5))
+
+
+def test_v_ramp_rotation_recovers_eps_and_is_eps_below_and_v_above():
+    """r = cos φ ε − sin φ x0 with φ from the ramp: ε below t_a, v above t_b, θ/2 half-way; ε comes back
+    from r and x_t at every t; an error in r moves the implied x0 by sin θ / cos(θ − φ), not tan θ."""
+    from unclip.diffusion import Schedule, eps_from_rotated, noise_angle, ramp_angle, rotated_target
+
+    sched = Schedule()
+    t = torch.tensor([0, 300, 700, 800, 850, 900, 950, 999])
+    theta = noise_angle(sched.alphas_cumprod, t)
+    assert torch.allclose(theta.cos() ** 2, sched.alphas_cumprod[t], atol=1e-6)
+    phi = ramp_angle(theta, t, (800, 900))
+    assert torch.equal(phi[:4], torch.zeros(4)) and torch.equal(phi[5:], theta[5:])
+    assert float(phi[4]) == pytest.approx(float(theta[4]) / 2)
+    x0, eps = torch.rand(8, 3, 4, 4) * 2 - 1, torch.randn(8, 3, 4, 4)
+    x_t = sched.q_sample(x0, t, eps)
+    r = rotated_target(eps, x0, phi)
+    assert torch.equal(r[:4], eps[:4])
+    v = theta.cos()[:, None, None, None] * eps - theta.sin()[:, None, None, None] * x0
+    assert torch.allclose(r[5:], v[5:], atol=1e-6)
+    assert torch.allclose(eps_from_rotated(r, x_t, theta, phi), eps, atol=1e-4)
+    delta = 0.01 * torch.randn(8, 3, 4, 4)  # the same error in the prediction, in either parameterization
+    x0_err = (sched.predict_x0(x_t, t, eps_from_rotated(r + delta, x_t, theta, phi)) - x0).abs().amax((1, 2, 3))
+    x0_err_eps = (sched.predict_x0(x_t, t, eps + delta) - x0).abs().amax((1, 2, 3))
+    assert float(x0_err[7]) < 0.05 and float(x0_err_eps[7]) > 100 * float(x0_err[7])  # t = 999: ×1 vs ×2e4
+    assert torch.allclose(ramp_angle(theta, t, (850, 850)), torch.where(t >= 850, theta, 0.0))  # a step
+
+
+def test_decoder_v_ramp_keeps_eps_below_t_a_and_roundtrips(tmp_path):
+    """A decoder given a v_ramp returns the same ε below t_a, bit for bit, a different one above (its
+    network's output now reads as r); raw=True is that output; the ramp is saved, validated and loaded."""
+    from unclip.decoder import Decoder, DecoderConfig
+
+    d = Decoder(DecoderConfig(sample_size=16, block_out_channels=(16, 32), attention_head_dim=8,
+                              cross_attention_dim=32, norm_num_groups=8, clip_embed_dim=24)).eval()
+    for p in d.unet.conv_out.parameters():  # zero-initialised: every output would be 0 either way
+        torch.nn.init.normal_(p, std=0.1)
+    args = (torch.randn(4, 3, 16, 16), torch.tensor([10, 699, 800, 990]), torch.randn(4, 24), torch.randn(4, 24),
+            torch.randn(4, 5, 24), torch.ones(4, 5, dtype=torch.bool))
+    with torch.no_grad():
+        plain = d(*args)
+        d.config.v_ramp = (700, 900)
+        ramped, raw = d(*args), d(*args, raw=True)
+        one_t = d(args[0], torch.tensor(990), *args[2:])  # a scalar t, as the samplers pass it
+    assert torch.equal(ramped[:2], plain[:2]) and torch.equal(raw, plain)
+    assert not torch.allclose(ramped[2:, :3], plain[2:, :3]) and torch.equal(ramped[:, 3:], plain[:, 3:])
+    assert torch.allclose(one_t[3], ramped[3], atol=1e-5)
+    d.save(tmp_path / "m")
+    assert Decoder.load(tmp_path / "m").config.v_ramp == (700, 900)
+    for bad in ((900, 700), (0, 1000), (1.5, 3), "700,900", (None, 5)):
+        with pytest.raises(ValueError, match="v_ramp is two timesteps"):
+            DecoderConfig(v_ramp=bad)
+
+
+def test_decoder_task_v_ramp_trains_r_and_focus_draws_noisy_steps(built_dataset, tiny_clip_dir):
+    """--option v_ramp: below t_a the loss is the ε loss as before, above t_b the v-MSE with weight 1 (plus
+    L_vlb); it is kept across a resume. focus_share draws that share of t from focus_from up, and 0
+    leaves every draw as it was."""
+    from unclip.decoder import DecoderTask
+    from unclip.train import sample_generator
+
+    plain = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, high_noise_floor=0.05))
+    ramped = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, high_noise_floor=0.05, v_ramp=[600, 800]))
+    for p in plain.model.unet.conv_out.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    ramped.model.load_state_dict(plain.model.state_dict())
+    gens = [sample_generator(0, 0, i) for i in range(3)]
+    batch = plain.batch([0, 1, 2], gens, "cpu")
+    with torch.no_grad():
+        batch["t"] = torch.full((3,), 500)
+        (l0, _), (l1, _) = plain.loss(plain.model, batch), ramped.loss(ramped.model, batch)
+        assert float(l1) == pytest.approx(float(l0), rel=1e-5)
+        batch["t"] = torch.full((3,), 950)
+        l1, logs1 = ramped.loss(ramped.model, batch)
+        m = ramped.model
+        x_t = ramped.schedule.q_sample(batch["x0"], batch["t"], batch["noise"])
+        r = m(x_t, batch["t"], batch["image_embed"], batch["text_embed"], batch["text_hidden"], batch["text_mask"],
+              batch["image_dropped"], raw=True)[:, :3]
+        theta = m.angles(batch["t"])[0][:, None, None, None]
+        v = theta.cos() * batch["noise"] - theta.sin() * batch["x0"]
+        assert float(l1 - logs1["vb"]) == pytest.approx(float((r - v).pow(2).mean()), rel=1e-4)
+    assert ramped.checkpoint_state()["v_ramp"] == (600, 800)
+    resumed = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir))
+    resumed.restore_state(ramped.checkpoint_state())
+    assert resumed.model.config.v_ramp == (600, 800)
+
+    def draws(task):
+        return task.batch(list(range(8)) * 32, [sample_generator(0, 0, i) for i in range(256)], "cpu")
+
+    focused = draws(DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, focus_from=750, focus_share=0.5)))
+    assert (focused["t"] >= 750).float().mean() == pytest.approx(0.5 + 0.5 * 0.25, abs=0.1)
+    base, off = draws(plain), draws(DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, focus_share=0.0)))
+    assert all(torch.equal(base[k], off[k]) for k in base)
+    with pytest.raises(ValueError, match="focus_from must be in"):
+        DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, focus_share=1.5))

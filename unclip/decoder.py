@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unclip.conditioning import ConditionedTask
+from unclip.diffusion import eps_from_rotated
 from unclip.weights import check_same_config, load_diffusers_module, save_diffusers
 
 
@@ -41,6 +42,7 @@ class DecoderConfig:
     guidance_scale: float | None = None  # this model's default text-to-image guidance (None: Karlo's 8)
     guidance_interval: tuple[int, int] | None = None  # guide only at t_lo <= t <= t_hi (`sampling.guided`); None: every t
     loss_options: dict | None = None  # the DecoderTask loss options it was trained with; a fine-tune keeps them
+    v_ramp: tuple[int, int] | None = None  # (t_a, t_b): predicts ε below t_a, v above t_b (`Decoder.forward`); None: ε
 
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)  # JSON presets and configs hold lists
@@ -51,6 +53,12 @@ class DecoderConfig:
 
             check_guidance_interval(self.guidance_interval)
             self.guidance_interval = tuple(int(v) for v in self.guidance_interval)
+        if self.v_ramp is not None:
+            ok = (isinstance(self.v_ramp, (tuple, list)) and len(self.v_ramp) == 2
+                  and all(isinstance(v, (int, float)) and float(v) == int(v) for v in self.v_ramp))
+            if not ok or not 0 <= int(self.v_ramp[0]) <= int(self.v_ramp[1]) <= 999:
+                raise ValueError(f"v_ramp is two timesteps t_a <= t_b in 0..999, got {self.v_ramp!r}")
+            self.v_ramp = tuple(int(v) for v in self.v_ramp)
 
     @property
     def time_embed_dim(self) -> int:
@@ -105,7 +113,7 @@ class Decoder(nn.Module):
         """The same architecture (what the ablations compare like for like), whatever the training settings."""
         from dataclasses import fields
 
-        kept = {"image_drop", "caption_drop", "dc_mean", "guidance_scale", "loss_options"}
+        kept = {"image_drop", "caption_drop", "dc_mean", "guidance_scale", "loss_options", "v_ramp"}
         return all(getattr(self.config, f.name) == getattr(other.config, f.name)
                    for f in fields(self.config) if f.name not in kept)
 
@@ -117,17 +125,37 @@ class Decoder(nn.Module):
         """The learned null z_i for b samples (B, D), detached: a view, clone it to keep it."""
         return self.null_image_embed.detach()[None].expand(b, -1)
 
-    def forward(self, x_t, t, image_embed, text_embed, text_hidden, text_mask, image_dropped=None) -> torch.Tensor:
-        """x_t (B,3,H,W), t (B,), z_i (B,D), z_t (B,D), tokens (B,T,D), mask (B,T) bool -> (B,6,H,W).
+    def forward(self, x_t, t, image_embed, text_embed, text_hidden, text_mask, image_dropped=None,
+                raw: bool = False) -> torch.Tensor:
+        """x_t (B,3,H,W), t (B,), z_i (B,D), z_t (B,D), tokens (B,T,D), mask (B,T) bool -> (B,6,H,W): ε, then
+        the learned variance's interpolation (GLIDE's v, not the v of `v_ramp`).
 
-        image_dropped (B,) bool: use the learned null embedding for those samples (CFG).
+        image_dropped (B,) bool: use the learned null embedding for those samples (CFG). With config.v_ramp
+        the network predicts r = cos φ · ε − sin φ · x0 (`diffusion.ramp_angle`), returned as the ε it
+        implies, so that every sampler reads ε; raw=True returns r itself (the training target).
         """
         if image_dropped is not None:
             image_embed = torch.where(image_dropped[:, None], self.null_image_embed[None].to(image_embed.dtype), image_embed)
         context, time_add = self.text_proj(image_embeddings=image_embed, prompt_embeds=text_embed,
                                            text_encoder_hidden_states=text_hidden, do_classifier_free_guidance=False)
         mask = F.pad(text_mask, (self.config.clip_extra_context_tokens, 0), value=True)  # (B, 4 + T)
-        return self.unet(x_t, t, encoder_hidden_states=context, class_labels=time_add, attention_mask=mask).sample
+        out = self.unet(x_t, t, encoder_hidden_states=context, class_labels=time_add, attention_mask=mask).sample
+        if self.config.v_ramp is None or raw:
+            return out
+        theta, phi = self.angles(t.expand(len(x_t)) if t.ndim else t.repeat(len(x_t)))
+        eps = eps_from_rotated(out[:, :3].float(), x_t.float(), theta, phi)
+        eps = torch.where(phi[:, None, None, None] > 0, eps, out[:, :3].float())  # below t_a: ε itself, exactly
+        return torch.cat([eps, out[:, 3:].float()], 1)
+
+    def angles(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """θ_t and φ_t (B,) of config.v_ramp on the cosine schedule (`diffusion.ramp_angle`)."""
+        from unclip.diffusion import cosine_alphas_cumprod, noise_angle, ramp_angle
+
+        if getattr(self, "_alphas_cumprod", None) is None:
+            self._alphas_cumprod = cosine_alphas_cumprod().float()
+        ac = self._alphas_cumprod.to(t.device)
+        theta = noise_angle(ac, t.long())
+        return theta, ramp_angle(theta, t, self.config.v_ramp)
 
     def guided_denoiser(self, image_embeds: torch.Tensor, text, empty, guidance_scale: float):
         """x_t, t -> CFG-combined output; the unconditional half has the learned null z_i and ""."""
@@ -268,7 +296,7 @@ class Decoder(nn.Module):
 
 
 @torch.no_grad()
-def conditioning_errors(model: "Decoder", cond, indices: list[int], timesteps=(100, 300, 500, 700, 850, 950),
+def conditioning_errors(model: "Decoder", cond, indices: list[int], timesteps=(100, 300, 500, 700, 850, 950, 990),
                         seed: int = 0) -> dict[str, list[float]]:
     """How much of each image the decoder recovers from what it is given: x0-MSE (the x0 its ε implies,
     clamped) per noise level in `timesteps`, with fixed noise, for the images `indices` of the
@@ -301,6 +329,28 @@ def conditioning_errors(model: "Decoder", cond, indices: list[int], timesteps=(1
     return {"timesteps": list(timesteps), **out}
 
 
+@torch.no_grad()
+def neighbour_errors(train, cond, indices: list[int], size: int, k: int = 16, temperature: float = 0.05) -> dict:
+    """What z_i alone says about an image's pixels, without any decoder: the x0-MSE of the training images'
+    mean image, and of the softmax(cos / temperature)-weighted mean of the k training images nearest in z_i
+    (the image itself left out when `cond` is `train`). A decoder whose x0 at high noise, where x_t holds
+    little, errs more than this reads less from z_i than z_i holds (`conditioning_errors`)."""
+    x0 = cond.pixels(indices, size)  # (n, 3, S, S)
+    z = F.normalize(cond.image_embeds(indices).float(), dim=-1)  # (n, D)
+    bank = F.normalize(train.image_embeds(list(range(len(train)))).float(), dim=-1)  # (N, D)
+    sim = z @ bank.T  # (n, N)
+    if cond is train:
+        sim[torch.arange(len(indices)), torch.as_tensor(indices)] = -2.0
+    weight, near = sim.topk(k, dim=1)  # (n, k)
+    weight = torch.softmax(weight / temperature, dim=1)
+    estimate = torch.einsum("nk,nkchw->nchw", weight, train.pixels(near.flatten().tolist(), size).view(len(indices), k, *x0.shape[1:]))
+    mean = torch.zeros_like(x0[:1])
+    for start in range(0, len(train), 2048):  # the training images' mean, in chunks
+        mean += train.pixels(list(range(start, min(start + 2048, len(train)))), size).sum(0, keepdim=True)
+    mean /= len(train)
+    return {"mean image": float((x0 - mean).pow(2).mean()), f"{k} z_i neighbours": float((x0 - estimate).pow(2).mean())}
+
+
 def clip_consistency(clip, x0_pred: torch.Tensor, z_i: torch.Tensor) -> torch.Tensor:
     """Cosine (B,) between the CLIP stage's embedding of the predicted x0 (B, 3, H, W) and the z_i
     (B, D) the decoder was asked to draw. The ε loss alone rewards pixels, and a small decoder spends
@@ -324,12 +374,17 @@ class DecoderTask(ConditionedTask):
     and z_i near, not at, the data — the prior's samples — decode as well; cf. the noise augmentation
     of the image embedding in Stable unCLIP), clip_weight (default 0: off; the weight of `clip_consistency`:
     the CLIP stage's embedding of the predicted x0 pulled towards the image's z_i, so that the decoder draws
-    what z_i encodes rather than only what the pixel loss rewards). Options the run does not set come from the starting model's
+    what z_i encodes rather than only what the pixel loss rewards), v_ramp=[t_a, t_b] (the parameterization
+    `DecoderConfig.v_ramp`: the network predicts ε below t_a as before and v above t_b, whose x0 error is not
+    multiplied by tan θ; a fine-tune from an ε model keeps the low-noise steps exactly and relearns the noisy
+    ones, where the loss is the v-MSE, an x0-space weight ~1 instead of high_noise_floor's), focus_share with
+    focus_from (default 0: off; that share of each batch's timesteps is drawn from focus_from..999 instead of
+    0..999, to spend a fine-tune's steps where it changes the most). Options the run does not set come from the starting model's
     `loss_options` (a fine-tune keeps the objective its model was trained with), and the exported
     config records the ones used."""
 
     LOSS_OPTIONS = {"min_snr_gamma": 5.0, "high_noise_floor": 0.0, "dc_weight": 0.0, "dropout": 0.0, "embed_noise": 0.0,
-                    "clip_weight": 0.0}
+                    "clip_weight": 0.0, "focus_from": 0.0, "focus_share": 0.0}
 
     def __init__(self, cfg, conditioning=None):
         from unclip.conditioning import Conditioning, clip_dir_for, stage_config
@@ -343,6 +398,7 @@ class DecoderTask(ConditionedTask):
 
             self.config.dc_mean = tuple(np.asarray(self.cond.images).reshape(-1, 3).mean(0, dtype=np.float64) / 127.5 - 1)
         self._set_drop_rates(cfg.options)
+        self._set_v_ramp(cfg.options)
         self.model = Decoder(self.config)
         self.clip_dir = self.cond.clip_dir
         self.schedule = Schedule()
@@ -361,6 +417,10 @@ class DecoderTask(ConditionedTask):
         if opts["clip_weight"] < 0:
             raise ValueError(f"--option clip_weight must be >= 0, not {opts['clip_weight']}")
         self.clip_weight = opts["clip_weight"]
+        self.focus_from, self.focus_share = int(opts["focus_from"]), opts["focus_share"]
+        if not 0 <= self.focus_from <= 999 or not 0 <= self.focus_share <= 1:
+            raise ValueError(f"--option focus_from must be in 0..999 and focus_share in [0, 1], not "
+                             f"{opts['focus_from']} and {opts['focus_share']}")
         if self.clip_weight:
             self.cond.clip.eval().requires_grad_(False)  # frozen: the loss reads it, never trains it
         for m in self.model.unet.modules():  # ResNet blocks' and attention outputs' nn.Dropout (p = 0 by default)
@@ -377,8 +437,15 @@ class DecoderTask(ConditionedTask):
                     raise ValueError(f"--option {key} must be in [0, 1], not {given[key]}")
                 setattr(self.config, key, p)
 
+    def _set_v_ramp(self, given: dict) -> None:
+        """--option v_ramp=[t_a, t_b] (or null: plain ε) over the starting model's parameterization."""
+        if "v_ramp" in given:
+            from dataclasses import replace
+
+            self.config.v_ramp = replace(self.config, v_ramp=given["v_ramp"]).v_ramp  # validated there
+
     def checkpoint_state(self) -> dict:
-        return {"loss_options": self.config.loss_options,
+        return {"loss_options": self.config.loss_options, "v_ramp": self.config.v_ramp,
                 "drop_rates": {"image_drop": self.config.image_drop, "caption_drop": self.config.caption_drop}}
 
     def restore_state(self, state: dict) -> None:
@@ -388,6 +455,7 @@ class DecoderTask(ConditionedTask):
         saved = state.get("loss_options") or state.get("config", {}).get("options", {})
         self._set_loss_options({**saved, **self.cfg.options})
         self._set_drop_rates({**state.get("drop_rates", {}), **self.cfg.options})
+        self._set_v_ramp({**({"v_ramp": state["v_ramp"]} if "v_ramp" in state else {}), **self.cfg.options})
 
     def batch(self, indices, gens, device) -> dict:
         from unclip.diffusion import draw_noise, draw_timesteps, draw_uniform
@@ -396,6 +464,9 @@ class DecoderTask(ConditionedTask):
         caption_dropped = draw_uniform(gens) < self.config.caption_drop
         image_dropped = draw_uniform(gens) < self.config.image_drop
         t = draw_timesteps(gens, self.schedule.num_timesteps)
+        if self.focus_share:  # that share from focus_from..999 (extra draws only when on: old runs replay)
+            focused = draw_uniform(gens) < self.focus_share
+            t = torch.where(focused, self.focus_from + draw_timesteps(gens, self.schedule.num_timesteps - self.focus_from), t)
         s = self.config.sample_size
         noise = draw_noise(gens, (3, s, s))
         z_t, hidden, mask = self.cond.text(caps, caption_dropped)
@@ -411,19 +482,27 @@ class DecoderTask(ConditionedTask):
         return {k: v.to(device) for k, v in b.items()}
 
     def loss(self, model: "Decoder", batch: dict):
-        from unclip.diffusion import dc_error, high_noise_weight, min_snr_weight, vlb_loss
+        from unclip.diffusion import dc_error, high_noise_weight, min_snr_weight, rotated_target, vlb_loss
 
         sched = self.schedule.to(batch["x0"].device)
         x_t = sched.q_sample(batch["x0"], batch["t"], batch["noise"])
+        ramp = self.config.v_ramp is not None
         out = model(x_t, batch["t"], batch["image_embed"], batch["text_embed"], batch["text_hidden"],
-                     batch["text_mask"], batch["image_dropped"]).float()
+                    batch["text_mask"], batch["image_dropped"], raw=ramp).float()
         eps, v = out[:, :3], out[:, 3:]
-        err = eps - batch["noise"]
-        mse = err.pow(2).flatten(1).mean(1)  # (B,)
         snr = sched.snr(batch["t"])
         high_weight = high_noise_weight(snr, self.high_noise_floor)
-        weight = min_snr_weight(snr, self.gamma) if self.gamma else torch.ones_like(mse)
+        weight = min_snr_weight(snr, self.gamma) if self.gamma else torch.ones_like(snr)
         weight = torch.maximum(weight, high_weight)
+        if ramp:  # the loss on r = cos φ ε − sin φ x0: the ε loss below t_a, the v loss (weight 1) above
+            theta, phi = self.model.angles(batch["t"])
+            mse = (eps - rotated_target(batch["noise"], batch["x0"], phi)).pow(2).flatten(1).mean(1)  # (B,)
+            weight = torch.where(phi > 0, torch.ones_like(weight), weight)
+            eps = eps_from_rotated(eps, x_t, theta, phi)  # for the terms below, which read ε
+            err = eps - batch["noise"]
+        else:
+            err = eps - batch["noise"]
+            mse = err.pow(2).flatten(1).mean(1)  # (B,)
         logs = {"mse": mse.mean().detach()}
         loss = weight * mse
         if self.dc_weight and self.high_noise_floor:  # only where the mean colour of x_t is noise enough to learn
