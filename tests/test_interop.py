@@ -126,6 +126,11 @@ def test_export_refuses_what_diffusers_cannot_hold(tiny_model_dir, tmp_path):
     add_lora(pipe.decoder, "decoder", rank=2)
     with pytest.raises(ValueError, match="decoder has LoRA adapters loaded"):
         export_diffusers(pipe, tmp_path / "x")
+    pipe = unclip.load(tiny_model_dir)
+    pipe.decoder.config.v_ramp = (700, 900)
+    with pytest.raises(ValueError, match="predicts v above t = 700"):
+        export_diffusers(pipe, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_export_leaves_the_pipeline_as_it_was_and_names_the_output_size(tiny_model_dir, tmp_path):

@@ -214,6 +214,9 @@ def export_diffusers(pipe, out: Path) -> Path:
                          + " and ".join(n for n in ("prior", "decoder") if getattr(pipe, n) is None))
     if pipe.upsampler is None:
         raise ValueError("diffusers' UnCLIPPipeline needs an upsampler (super_res_first/last); this model has none")
+    if pipe.decoder.config.v_ramp is not None:
+        raise ValueError(f"the decoder predicts v above t = {pipe.decoder.config.v_ramp[0]} (its config's v_ramp); diffusers' "
+                         "UnCLIPPipeline reads its decoder as an ε model at every step: this decoder has no equivalent there")
     adapted = [n for n in ("prior", "decoder", "upsampler") if getattr(pipe, n) is not None
                and any("lora_" in k or ".base_layer." in k for k in getattr(pipe, n).state_dict())]
     if adapted:
