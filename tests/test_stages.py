@@ -704,3 +704,46 @@ def test_decoder_task_v_ramp_trains_r_and_focus_draws_noisy_steps(built_dataset,
     assert all(torch.equal(base[k], off[k]) for k in base)
     with pytest.raises(ValueError, match="focus_from must be in"):
         DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, focus_share=1.5))
+
+
+def test_a_high_noise_expert_runs_from_expert_from_up_and_roundtrips(tmp_path):
+    """config.expert_from + DIR/decoder_expert: steps t >= expert_from are the expert's output (with its own
+    null z_i under guidance), the rest the decoder's own; mixed batches pick per sample; saved and loaded
+    with the model; a config naming an expert that is not there is one clear error."""
+    from unclip.clip import TextEncoding
+    from unclip.decoder import Decoder, DecoderConfig
+
+    cfg = dict(sample_size=16, block_out_channels=(16, 32), attention_head_dim=8, cross_attention_dim=32,
+               norm_num_groups=8, clip_embed_dim=24)
+    base, expert = Decoder(DecoderConfig(**cfg, expert_from=500)).eval(), Decoder(DecoderConfig(**cfg)).eval()
+    for m in (base, expert):
+        for p in m.unet.conv_out.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+    with torch.no_grad():
+        expert.null_image_embed.normal_()
+    args = (torch.randn(3, 3, 16, 16), torch.tensor([100, 500, 900]), torch.randn(3, 24), torch.randn(3, 24),
+            torch.randn(3, 5, 24), torch.ones(3, 5, dtype=torch.bool), torch.tensor([False, True, True]))
+    with torch.no_grad():
+        alone = base(*args)
+        base.expert = expert
+        mixed, own, theirs = base(*args), base._own(*args), expert(*args)
+    assert torch.equal(alone, own) and torch.equal(mixed[0], own[0]) and torch.equal(mixed[1:], theirs[1:])
+    text = TextEncoding(torch.randn(2, 24), torch.randn(2, 5, 24), torch.ones(2, 5, dtype=torch.bool))
+    empty = TextEncoding(torch.randn(1, 24), torch.randn(1, 5, 24), torch.ones(1, 5, dtype=torch.bool))
+    z = torch.randn(2, 24)
+    with torch.no_grad():  # guided at t = 900: the expert's own CFG, its null z_i in the unconditional half
+        x = torch.randn(2, 3, 16, 16)
+        a = base.guided_denoiser(z, text, empty, 3.0)(x, torch.tensor(900))
+        b = expert.guided_denoiser(z, text, empty, 3.0)(x, torch.tensor(900))
+    assert torch.equal(a, b)
+    base.save(tmp_path / "m")
+    loaded = Decoder.load(tmp_path / "m")
+    assert loaded.expert is not None and loaded.config.expert_from == 500
+    with torch.no_grad():
+        assert torch.allclose(loaded(*args), mixed, atol=1e-2)  # fp16 weights
+    import shutil
+    shutil.rmtree(tmp_path / "m" / "decoder_expert")
+    with pytest.raises(FileNotFoundError, match="names a high-noise expert"):
+        Decoder.load(tmp_path / "m")
+    with pytest.raises(ValueError, match="expert_from is a timestep"):
+        DecoderConfig(expert_from=0)

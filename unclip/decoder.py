@@ -43,6 +43,7 @@ class DecoderConfig:
     guidance_interval: tuple[int, int] | None = None  # guide only at t_lo <= t <= t_hi (`sampling.guided`); None: every t
     loss_options: dict | None = None  # the DecoderTask loss options it was trained with; a fine-tune keeps them
     v_ramp: tuple[int, int] | None = None  # (t_a, t_b): predicts ε below t_a, v above t_b (`Decoder.forward`); None: ε
+    expert_from: int | None = None  # t >= this run the high-noise expert in DIR/decoder_expert (eDiff-I); None: none
 
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)  # JSON presets and configs hold lists
@@ -53,6 +54,8 @@ class DecoderConfig:
 
             check_guidance_interval(self.guidance_interval)
             self.guidance_interval = tuple(int(v) for v in self.guidance_interval)
+        if self.expert_from is not None and not (isinstance(self.expert_from, int) and 1 <= self.expert_from <= 999):
+            raise ValueError(f"expert_from is a timestep in 1..999, got {self.expert_from!r}")
         if self.v_ramp is not None:
             ok = (isinstance(self.v_ramp, (tuple, list)) and len(self.v_ramp) == 2
                   and all(isinstance(v, (int, float)) and float(v) == int(v) for v in self.v_ramp))
@@ -88,6 +91,7 @@ class Decoder(nn.Module):
             clip_extra_context_tokens=config.clip_extra_context_tokens, clip_embeddings_dim=config.clip_embed_dim,
             time_embed_dim=config.time_embed_dim, cross_attention_dim=config.cross_attention_dim,
         )
+        self.expert: "Decoder | None" = None  # the high-noise expert (config.expert_from), loaded with the model
 
     @classmethod
     def wrap(cls, unet, text_proj) -> "Decoder":
@@ -113,7 +117,7 @@ class Decoder(nn.Module):
         """The same architecture (what the ablations compare like for like), whatever the training settings."""
         from dataclasses import fields
 
-        kept = {"image_drop", "caption_drop", "dc_mean", "guidance_scale", "loss_options", "v_ramp"}
+        kept = {"image_drop", "caption_drop", "dc_mean", "guidance_scale", "loss_options", "v_ramp", "expert_from"}
         return all(getattr(self.config, f.name) == getattr(other.config, f.name)
                    for f in fields(self.config) if f.name not in kept)
 
@@ -130,10 +134,22 @@ class Decoder(nn.Module):
         """x_t (B,3,H,W), t (B,), z_i (B,D), z_t (B,D), tokens (B,T,D), mask (B,T) bool -> (B,6,H,W): ε, then
         the learned variance's interpolation (GLIDE's v, not the v of `v_ramp`).
 
-        image_dropped (B,) bool: use the learned null embedding for those samples (CFG). With config.v_ramp
+        image_dropped (B,) bool: use the learned null embedding for those samples (CFG). With an `expert`
+        (config.expert_from), the steps t >= expert_from are its output instead (each with its own null z_i). With config.v_ramp
         the network predicts r = cos φ · ε − sin φ · x0 (`diffusion.ramp_angle`), returned as the ε it
         implies, so that every sampler reads ε; raw=True returns r itself (the training target).
         """
+        if self.expert is not None and not raw:
+            high = (t.expand(len(x_t)) if t.ndim else t.repeat(len(x_t))) >= self.config.expert_from  # (B,)
+            if bool(high.any()):
+                args = (x_t, t, image_embed, text_embed, text_hidden, text_mask, image_dropped)
+                expert = self.expert(*args).float()
+                if bool(high.all()):
+                    return expert
+                return torch.where(high[:, None, None, None], expert, self._own(*args).float())
+        return self._own(x_t, t, image_embed, text_embed, text_hidden, text_mask, image_dropped, raw)
+
+    def _own(self, x_t, t, image_embed, text_embed, text_hidden, text_mask, image_dropped=None, raw=False):
         if image_dropped is not None:
             image_embed = torch.where(image_dropped[:, None], self.null_image_embed[None].to(image_embed.dtype), image_embed)
         context, time_add = self.text_proj(image_embeddings=image_embed, prompt_embeds=text_embed,
@@ -164,12 +180,13 @@ class Decoder(nn.Module):
 
         b = len(image_embeds)
         pair = TextEncoding.cat(empty.repeat(b), text)
-        z_pair = torch.cat([self.null_image_embed[None].expand(b, -1).to(image_embeds.dtype), image_embeds])
+        z_pair = torch.cat([image_embeds, image_embeds])  # the first half dropped to the (each model's) null z_i:
+        null = torch.arange(2 * b) < b  # the same numbers as passing the null embedding itself
 
         def denoise_pair(x, t, cond_only=False):
             if cond_only:
                 return self(x, t.expand(len(x)), image_embeds, text.text_embed, text.hidden_states, text.mask)
-            return self(x, t.expand(len(x)), z_pair, pair.text_embed, pair.hidden_states, pair.mask)
+            return self(x, t.expand(len(x)), z_pair, pair.text_embed, pair.hidden_states, pair.mask, null)
 
         return guided(denoise_pair, guidance_scale, split=3, interval=self.config.guidance_interval)
 
@@ -274,6 +291,8 @@ class Decoder(nn.Module):
         for name, module in (("decoder", self.unet), ("text_proj", self.text_proj)):
             save_diffusers(module, directory / name, half=dtype == torch.float16)
         (directory / "decoder_config.json").write_text(json.dumps(asdict(self.config), indent=1))
+        if self.expert is not None:
+            self.expert.save(directory / "decoder_expert", dtype)
 
     @classmethod
     def load(cls, directory: Path) -> "Decoder":
@@ -281,6 +300,11 @@ class Decoder(nn.Module):
         cfg = json.loads((directory / "decoder_config.json").read_text())
         model = cls(DecoderConfig(**cfg))
         model.load_weights(directory)
+        if model.config.expert_from is not None:
+            if not (directory / "decoder_expert" / "decoder_config.json").exists():
+                raise FileNotFoundError(f"{directory / 'decoder_config.json'} names a high-noise expert (expert_from "
+                                        f"{model.config.expert_from}) but {directory / 'decoder_expert'} holds none")
+            model.expert = cls.load(directory / "decoder_expert")
         return model.eval()
 
     def load_weights(self, directory: Path) -> None:

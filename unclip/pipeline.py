@@ -32,8 +32,10 @@ class UnCLIPPipeline:
         self.fast_resnets(True)
 
     def _unets(self):
-        return [u for u in (getattr(self.decoder, "unet", None), getattr(self.upsampler, "unet", None),
-                            getattr(self.upsampler, "last_unet", None)) if u is not None]
+        expert = getattr(self.decoder, "expert", None)  # a decoder's high-noise expert (Decoder.expert)
+        return [u for u in (getattr(self.decoder, "unet", None), getattr(expert, "unet", None),
+                            getattr(self.upsampler, "unet", None), getattr(self.upsampler, "last_unet", None))
+                if u is not None]
 
     def default_decoder_guidance(self, value: float | None = None, inverted: bool = False) -> float:
         """`value`, else 1 when decoding an inverted x_T (`invert` runs at guidance 1, and DDIM walks
