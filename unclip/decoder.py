@@ -105,7 +105,7 @@ class Decoder(nn.Module):
             cross_attention_dim=c.cross_attention_dim, clip_embed_dim=text_proj.config.clip_embeddings_dim,
             clip_extra_context_tokens=text_proj.config.clip_extra_context_tokens, norm_num_groups=c.norm_num_groups,
             learned_variance=c.out_channels == 2 * c.in_channels)
-        self.unet, self.text_proj = unet, text_proj
+        self.unet, self.text_proj, self.expert = unet, text_proj, None
         return self.eval()
 
     @property
