@@ -127,6 +127,12 @@ def test_export_refuses_what_diffusers_cannot_hold(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="decoder has LoRA adapters loaded"):
         export_diffusers(pipe, tmp_path / "x")
     pipe = unclip.load(tiny_model_dir)
+    import copy
+    pipe.decoder.expert, pipe.decoder.config.expert_from = copy.deepcopy(pipe.decoder), 900  # any decoder will do
+    with pytest.raises(ValueError, match="high-noise expert"):
+        export_diffusers(pipe, tmp_path / "x")
+    export_diffusers(pipe.with_decoder(pipe.decoder.base()), tmp_path / "y")  # what bench and report compare
+    pipe = unclip.load(tiny_model_dir)
     pipe.decoder.config.v_ramp = (700, 900)
     with pytest.raises(ValueError, match="predicts v above t = 700"):
         export_diffusers(pipe, tmp_path / "x")

@@ -741,9 +741,25 @@ def test_a_high_noise_expert_runs_from_expert_from_up_and_roundtrips(tmp_path):
     assert loaded.expert is not None and loaded.config.expert_from == 500
     with torch.no_grad():
         assert torch.allclose(loaded(*args), mixed, atol=1e-2)  # fp16 weights
+    plain = loaded.base()  # the expert stripped, weights shared, the loaded decoder untouched
+    assert plain.expert is None and plain.config.expert_from is None and plain.unet is loaded.unet
+    assert loaded.expert is not None and loaded.config.expert_from == 500
+    from unclip.models import assemble
+
+    out = assemble(tmp_path / "assembled", decoder=tmp_path / "m")  # a model directory takes the expert along
+    assert Decoder.load(out).expert is not None
     import shutil
     shutil.rmtree(tmp_path / "m" / "decoder_expert")
     with pytest.raises(FileNotFoundError, match="names a high-noise expert"):
         Decoder.load(tmp_path / "m")
     with pytest.raises(ValueError, match="expert_from is a timestep"):
         DecoderConfig(expert_from=0)
+
+
+def test_an_ar_prior_is_found_in_the_model_or_beside_it(tmp_path):
+    from unclip.models import ar_prior_dir
+
+    (tmp_path / "m").mkdir()
+    assert ar_prior_dir(tmp_path / "m") == tmp_path / "m-ar_prior"  # the shipped model's layout
+    (tmp_path / "m" / "ar_prior_config.json").write_text("{}")
+    assert ar_prior_dir(tmp_path / "m") == tmp_path / "m"

@@ -185,6 +185,7 @@ def bench_vs_diffusers(pipe, num_images: int, repeats: int, prompt: str, steps=(
 
     from unclip.interop import diffusers_pipeline, export_diffusers
 
+    pipe = pipe.with_decoder(pipe.decoder.base())  # same weights on both sides: diffusers has no high-noise expert
     with tempfile.TemporaryDirectory() as tmp:
         export_diffusers(pipe, Path(tmp) / "m")
         theirs = diffusers_pipeline(Path(tmp) / "m")

@@ -108,6 +108,18 @@ class Decoder(nn.Module):
         self.unet, self.text_proj, self.expert = unet, text_proj, None
         return self.eval()
 
+    def base(self) -> "Decoder":
+        """This decoder without its high-noise expert (weights shared): what diffusers' layout can hold."""
+        from dataclasses import replace
+
+        if self.expert is None:
+            return self
+        other = Decoder.__new__(Decoder)
+        nn.Module.__init__(other)
+        other.config = replace(self.config, expert_from=None)
+        other.unet, other.text_proj, other.expert = self.unet, self.text_proj, None
+        return other.train(self.training)
+
     @property
     def caption_only(self) -> bool:
         """Trained with every z_i dropped (`--option image_drop=1`): a GLIDE-like decoder of the caption alone."""

@@ -214,6 +214,10 @@ def export_diffusers(pipe, out: Path) -> Path:
                          + " and ".join(n for n in ("prior", "decoder") if getattr(pipe, n) is None))
     if pipe.upsampler is None:
         raise ValueError("diffusers' UnCLIPPipeline needs an upsampler (super_res_first/last); this model has none")
+    if getattr(pipe.decoder, "expert", None) is not None:
+        raise ValueError(f"the decoder hands t >= {pipe.decoder.config.expert_from} to a high-noise expert, which diffusers' "
+                         "UnCLIPPipeline has no place for: export `pipe.with_decoder(pipe.decoder.base())`, the decoder "
+                         "without it (its other steps' weights)")
     if pipe.decoder.config.v_ramp is not None:
         raise ValueError(f"the decoder predicts v above t = {pipe.decoder.config.v_ramp[0]} (its config's v_ramp); diffusers' "
                          "UnCLIPPipeline reads its decoder as an ε model at every step: this decoder has no equivalent there")

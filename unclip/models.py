@@ -11,6 +11,13 @@ def default_model_dir() -> Path | None:
     return SHIPPED if SHIPPED.is_dir() else None
 
 
+def ar_prior_dir(path: Path) -> Path:
+    """Where a model directory's autoregressive prior is: in it, else beside it in NAME-ar_prior/ (the paper's
+    ablation, not used to generate by default; the shipped model keeps it there, outside its 60 MB)."""
+    path = Path(path)
+    return path if (path / "ar_prior_config.json").exists() else path.with_name(path.name + "-ar_prior")
+
+
 STAGE_FILES = {
     "clip": ["clip.safetensors", "clip_config.json"],  # (+ clip_pca.safetensors when the source has it)
     "prior": ["prior", "prior_config.json"],
@@ -38,6 +45,11 @@ def assemble(out: Path, **stage_dirs: Path | None) -> Path:
         if missing:
             raise FileNotFoundError(f"{src} is not a {stage} export: missing {', '.join(missing)}")
         files = list(STAGE_FILES[stage])
+        if stage == "decoder":  # its high-noise expert (Decoder.expert) when the export has one, else none
+            files.append("decoder_expert")
+            if not (src / "decoder_expert").exists():
+                shutil.rmtree(out / "decoder_expert", ignore_errors=True)
+                files.pop()
         if stage == "clip":  # a PCA of the old CLIP's z_i would describe another space: the new one's, or none
             files.append("clip_pca.safetensors")
             if not (src / "clip_pca.safetensors").exists():

@@ -122,10 +122,12 @@ class UnCLIPPipeline:
             from unclip.upsampler import Upsampler
 
             parts["upsampler"] = Upsampler.load(path)
-        if (path / "ar_prior_config.json").exists():
+        from unclip.models import ar_prior_dir
+
+        if (ar_prior_dir(path) / "ar_prior_config.json").exists():
             from unclip.ar_prior import ARPrior
 
-            parts["ar_prior"] = ARPrior.load(path)
+            parts["ar_prior"] = ARPrior.load(ar_prior_dir(path))
         from unclip.pca import load_pca
 
         pipe = cls(**parts, name=path.name)

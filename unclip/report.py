@@ -236,7 +236,7 @@ def diffusers_generate(pipe, decoder_guidance: float = 8.0):
     from unclip.interop import diffusers_pipeline, export_diffusers
 
     with tempfile.TemporaryDirectory() as tmp:
-        export_diffusers(pipe, Path(tmp) / "m")
+        export_diffusers(pipe.with_decoder(pipe.decoder.base()), Path(tmp) / "m")  # diffusers has no high-noise expert
         theirs = diffusers_pipeline(Path(tmp) / "m")
     theirs.set_progress_bar_config(disable=True)
 
