@@ -763,3 +763,21 @@ def test_an_ar_prior_is_found_in_the_model_or_beside_it(tmp_path):
     assert ar_prior_dir(tmp_path / "m") == tmp_path / "m-ar_prior"  # the shipped model's layout
     (tmp_path / "m" / "ar_prior_config.json").write_text("{}")
     assert ar_prior_dir(tmp_path / "m") == tmp_path / "m"
+
+
+def test_a_run_from_a_model_with_an_expert_trains_and_exports_one_decoder(built_dataset, tiny_clip_dir, tmp_path):
+    import json
+
+    from unclip.decoder import Decoder, DecoderTask
+
+    trained = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir))
+    trained.export(trained.model, tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "decoder_config.json").read_text())
+    (tmp_path / "m" / "decoder_config.json").write_text(json.dumps({**cfg, "expert_from": 900}))
+    trained.export(trained.model, tmp_path / "m" / "decoder_expert")
+    assert Decoder.load(tmp_path / "m").expert is not None
+    tuned = DecoderTask(TrainConfig(stage="decoder", data=built_dataset, init_from=tmp_path / "m",
+                                    options={"clip": str(tiny_clip_dir)}))
+    assert tuned.config.expert_from is None
+    tuned.export(tuned.model, tmp_path / "run")
+    assert Decoder.load(tmp_path / "run").expert is None  # loads: no expert named, none needed

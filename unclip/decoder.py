@@ -435,6 +435,7 @@ class DecoderTask(ConditionedTask):
             self.config.dc_mean = tuple(np.asarray(self.cond.images).reshape(-1, 3).mean(0, dtype=np.float64) / 127.5 - 1)
         self._set_drop_rates(cfg.options)
         self._set_v_ramp(cfg.options)
+        self.config.expert_from = None  # a run trains one network; a starting model's expert is not part of it
         self.model = Decoder(self.config)
         self.clip_dir = self.cond.clip_dir
         self.schedule = Schedule()
