@@ -57,10 +57,9 @@ class DecoderConfig:
         if self.expert_from is not None and not (isinstance(self.expert_from, int) and 1 <= self.expert_from <= 999):
             raise ValueError(f"expert_from is a timestep in 1..999, got {self.expert_from!r}")
         if self.v_ramp is not None:
-            ok = (isinstance(self.v_ramp, (tuple, list)) and len(self.v_ramp) == 2
-                  and all(isinstance(v, (int, float)) and float(v) == int(v) for v in self.v_ramp))
-            if not ok or not 0 <= int(self.v_ramp[0]) <= int(self.v_ramp[1]) <= 999:
-                raise ValueError(f"v_ramp is two timesteps t_a <= t_b in 0..999, got {self.v_ramp!r}")
+            from unclip.sampling import check_guidance_interval
+
+            check_guidance_interval(self.v_ramp, "v_ramp")  # the same kind of pair: t_a <= t_b in 0..999
             self.v_ramp = tuple(int(v) for v in self.v_ramp)
 
     @property
@@ -152,7 +151,7 @@ class Decoder(nn.Module):
         implies, so that every sampler reads ε; raw=True returns r itself (the training target).
         """
         if self.expert is not None and not raw:
-            high = (t.expand(len(x_t)) if t.ndim else t.repeat(len(x_t))) >= self.config.expert_from  # (B,)
+            high = _per_sample(t, len(x_t)) >= self.config.expert_from  # (B,)
             if bool(high.any()):
                 args = (x_t, t, image_embed, text_embed, text_hidden, text_mask, image_dropped)
                 expert = self.expert(*args).float()
@@ -170,7 +169,7 @@ class Decoder(nn.Module):
         out = self.unet(x_t, t, encoder_hidden_states=context, class_labels=time_add, attention_mask=mask).sample
         if self.config.v_ramp is None or raw:
             return out
-        theta, phi = self.angles(t.expand(len(x_t)) if t.ndim else t.repeat(len(x_t)))
+        theta, phi = self.angles(_per_sample(t, len(x_t)))
         eps = eps_from_rotated(out[:, :3].float(), x_t.float(), theta, phi)
         eps = torch.where(phi[:, None, None, None] > 0, eps, out[:, :3].float())  # below t_a: ε itself, exactly
         return torch.cat([eps, out[:, 3:].float()], 1)
@@ -329,6 +328,11 @@ class Decoder(nn.Module):
         check_same_config(proj, self.text_proj, Path(directory) / "text_proj")
         self.unet.load_state_dict({k: v.float() for k, v in unet.state_dict().items()})
         self.text_proj.load_state_dict({k: v.float() for k, v in proj.state_dict().items()})
+
+
+def _per_sample(t: torch.Tensor, b: int) -> torch.Tensor:
+    """A timestep given once (a 0-d tensor, as the samplers pass it) or per sample, as (B,)."""
+    return t.expand(b) if t.ndim else t.repeat(b)
 
 
 @torch.no_grad()
@@ -536,9 +540,8 @@ class DecoderTask(ConditionedTask):
             mse = (eps - rotated_target(batch["noise"], batch["x0"], phi)).pow(2).flatten(1).mean(1)  # (B,)
             weight = torch.where(phi > 0, torch.ones_like(weight), weight)
             eps = eps_from_rotated(eps, x_t, theta, phi)  # for the terms below, which read ε
-            err = eps - batch["noise"]
-        else:
-            err = eps - batch["noise"]
+        err = eps - batch["noise"]
+        if not ramp:
             mse = err.pow(2).flatten(1).mean(1)  # (B,)
         logs = {"mse": mse.mean().detach()}
         loss = weight * mse

@@ -124,10 +124,11 @@ class UnCLIPPipeline:
             parts["upsampler"] = Upsampler.load(path)
         from unclip.models import ar_prior_dir
 
-        if (ar_prior_dir(path) / "ar_prior_config.json").exists():
+        ar_dir = ar_prior_dir(path)
+        if (ar_dir / "ar_prior_config.json").exists():
             from unclip.ar_prior import ARPrior
 
-            parts["ar_prior"] = ARPrior.load(ar_prior_dir(path))
+            parts["ar_prior"] = ARPrior.load(ar_dir)
         from unclip.pca import load_pca
 
         pipe = cls(**parts, name=path.name)

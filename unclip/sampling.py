@@ -120,12 +120,12 @@ def guided(denoise_pair, guidance_scale: float, split: int | None = None, interv
     return denoise
 
 
-def check_guidance_interval(interval) -> None:
-    """Two training timesteps 0 <= t_lo <= t_hi <= 999; one clear error otherwise."""
+def check_guidance_interval(interval, what: str = "a guidance interval") -> None:
+    """Two training timesteps 0 <= t_lo <= t_hi <= 999; one clear error naming `what` otherwise."""
     ok = (isinstance(interval, (tuple, list)) and len(interval) == 2
           and all(isinstance(v, (int, float)) and float(v) == int(v) for v in interval))
     if not ok or not 0 <= int(interval[0]) <= int(interval[1]) <= 999:
-        raise ValueError(f"a guidance interval is two timesteps t_lo <= t_hi in 0..999, got {interval!r}")
+        raise ValueError(f"{what} is two timesteps t_lo <= t_hi in 0..999, got {interval!r}")
 
 
 def check_steps(sampler: str, **steps: int) -> None:
