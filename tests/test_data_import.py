@@ -111,9 +111,11 @@ def test_imported_data_fine_tunes_a_model_stage(tiny_model_dir, tiny_clip_dir, t
     assert np.isfinite([json.loads(line).get("loss", 0) for line in (run / "metrics.jsonl").read_text().splitlines()]).all()
 
 
-def _import_and_fine_tune(tmp_path, model_dir, clip_dir, *extra) -> Path:
+def _import_and_fine_tune(tmp_path, model_dir, clip_dir, *extra, run: str = "run") -> Path:
     """Import the test folder, then fine-tune the decoder from `model_dir` with `extra` flags; the run dir."""
-    src, out, run = _folder(tmp_path), tmp_path / "data", tmp_path / "run"
+    src, out, run = tmp_path / "icons", tmp_path / "data", tmp_path / run
+    if not src.exists():
+        _folder(tmp_path)
     assert main(["data", "import", str(src), "--out", str(out), "--default-caption", "an icon"]) == 0
     assert main(["train", "decoder", "--preset", "tiny", "--data", str(out), "--out", str(run), "--batch-size", "2",
                  "--lr", "1e-2", "--init-from", str(model_dir), "--option", f"clip={clip_dir}", *extra]) == 0
@@ -168,27 +170,110 @@ def torch_equal(a, b) -> bool:
     return torch.equal(a.float(), b.float())
 
 
-@pytest.mark.parametrize("lora", [0, 2])
-def test_finetune_one_command(tiny_model_dir, built_dataset, tmp_path, capsys, monkeypatch, lora):
+@pytest.fixture(scope="module")
+def tiny_expert_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with a high-noise expert: another random decoder of the same shape, steps t >= 500."""
+    import shutil
+
+    import torch
+
+    from unclip.decoder import Decoder
+    from unclip.models import attach_expert
+
+    d = tmp_path_factory.mktemp("expert_model")
+    shutil.copytree(tiny_model_dir, d, dirs_exist_ok=True)
+    torch.manual_seed(1)
+    expert = tmp_path_factory.mktemp("expert")
+    Decoder(Decoder.load(tiny_model_dir).config).save(expert)
+    attach_expert(d, expert, 500)
+    return d
+
+
+def test_attach_expert_makes_an_export_the_high_noise_expert(tiny_model_dir, tiny_expert_model_dir, tmp_path):
+    import shutil
+
+    from unclip.decoder import Decoder
+    from unclip.models import attach_expert
+
+    loaded = Decoder.load(tiny_expert_model_dir)
+    assert loaded.config.expert_from == 500 and loaded.expert is not None
+    assert not torch_equal(loaded.expert.unet.conv_in.weight, loaded.unet.conv_in.weight)  # its own weights
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    with pytest.raises(ValueError, match="expert_from is a timestep"):
+        attach_expert(tmp_path / "m", tiny_expert_model_dir / "decoder_expert", 1000)
+    with pytest.raises(ValueError, match="has a high-noise expert of its own"):
+        attach_expert(tmp_path / "m", tiny_expert_model_dir, 500)
+    with pytest.raises(FileNotFoundError, match="not a decoder export: missing"):
+        attach_expert(tmp_path / "m", tmp_path, 500)
+    assert Decoder.load(tmp_path / "m").expert is None  # the refused calls changed nothing
+
+
+def test_adapters_of_a_decoder_and_of_its_expert_each_go_to_their_own_network(tiny_model_dir, tiny_expert_model_dir,
+                                                                               tiny_clip_dir, tmp_path):
+    """A decoder run from a model with an expert adapts the decoder's own layers (t < expert_from); a run from
+    MODEL/decoder_expert writes a "decoder_expert" adapter, which goes into the expert (t >= expert_from)."""
+    import torch
+
+    import unclip
+
+    runs = {}
+    for name, init in (("decoder", tiny_expert_model_dir), ("decoder_expert", tiny_expert_model_dir / "decoder_expert")):
+        run = _import_and_fine_tune(tmp_path, init, tiny_clip_dir, "--max-steps", "3", "--lora-rank", "4", run=name)
+        runs[name] = run / "model" / "lora.safetensors"
+
+    def eps(pipe, t):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 3, pipe.decoder.config.sample_size, pipe.decoder.config.sample_size, generator=g)
+        z_i = torch.nn.functional.normalize(torch.randn(1, pipe.clip.embed_dim, generator=g), dim=-1)
+        text, _ = pipe.encode_prompt(["an icon"])
+        with torch.no_grad():
+            return pipe.decoder(x, torch.tensor([t]), z_i, text.text_embed, text.hidden_states, text.mask)
+
+    plain = unclip.load(tiny_expert_model_dir)
+    for name, lora in runs.items():
+        pipe = unclip.load(tiny_expert_model_dir).load_lora(lora)
+        changed = {t: not torch.allclose(eps(pipe, t), eps(plain, t), atol=1e-6) for t in (300, 700)}
+        assert changed == ({300: True, 700: False} if name == "decoder" else {300: False, 700: True}), name
+    both = unclip.load(tiny_expert_model_dir).load_lora(runs["decoder"]).load_lora(runs["decoder_expert"])
+    assert both.decoder.lora_meta["stage"] == "decoder" and both.decoder.expert.lora_meta["stage"] == "decoder_expert"
+    with pytest.raises(ValueError, match="high-noise expert \\(decoder_expert\\), which this model does not have"):
+        unclip.load(tiny_model_dir).load_lora(runs["decoder_expert"])
+
+
+@pytest.mark.parametrize("lora,expert", [(0, False), (0, True), (2, True)])
+def test_finetune_one_command(tiny_model_dir, built_dataset, tmp_path, capsys, monkeypatch, lora, expert, request):
     from unclip.embed import image_pack
 
     monkeypatch.setenv("UNCLIP_CACHE", str(tmp_path / "cache"))
 
+    base = request.getfixturevalue("tiny_expert_model_dir") if expert else tiny_model_dir
     src, out = _folder(tmp_path), tmp_path / "ft"
-    args = ["finetune", str(src), "--out", str(out), "--base", str(tiny_model_dir), "--steps", "5", "--batch-size", "2",
+    args = ["finetune", str(src), "--out", str(out), "--base", str(base), "--steps", "5", "--batch-size", "2",
             "--default-caption", "an icon", "--json"] + ([] if lora else ["--base-data", str(built_dataset)])
     assert main(args + (["--lora-rank", str(lora)] if lora else [])) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     r = json.loads(lines[-1])
-    assert set(r["stages"]) == {"prior", "decoder"} and r["stages"]["decoder"]["steps"] == 5
+    stages = ["decoder", "prior"] + (["decoder_expert"] if expert else [])  # a base's expert is fine-tuned too
+    assert sorted(r["stages"]) == sorted(stages) and r["stages"]["decoder"]["steps"] == 5
     assert any("min for 5 steps" in line for line in lines)  # the time it will take, said before it runs
     if lora:
-        assert sorted(p.name for p in (out / "lora").iterdir()) == ["decoder.safetensors", "prior.safetensors"]
+        assert sorted(p.name for p in (out / "lora").iterdir()) == sorted(f"{s}.safetensors" for s in stages)
+        pipe = __import__("unclip").load(base).load_lora(out / "lora")
+        assert pipe.decoder.expert.lora_meta["stage"] == "decoder_expert"
     else:
         assert (out / "model" / "decoder_config.json").exists() and (out / "model" / "clip.safetensors").exists()
+    if expert and not lora:  # the fine-tuned expert, attached with the base's expert_from
+        from safetensors.torch import load_file
+
+        from unclip.decoder import Decoder
+
+        assert Decoder.load(out / "model").config.expert_from == 500
+        tuned, was = (load_file(d / "decoder_expert" / "decoder" / "diffusion_pytorch_model.safetensors")
+                      for d in (out / "model", base))
+        assert tuned.keys() == was.keys() and any(not torch_equal(tuned[k], was[k]) for k in was)
     from unclip.finetune import weights_id
 
-    assert json.loads((out / "base.json").read_text())["weights"] == weights_id(tiny_model_dir)  # checked on a re-run
+    assert json.loads((out / "base.json").read_text())["weights"] == weights_id(base)  # checked on a re-run
     im = Image.open(out / "before_after.png")
     n = len(json.loads(im.text["parameters"])["prompts"])
     assert n >= 1 and im.size == (n * 64, 2 * 64)  # a row before, a row after

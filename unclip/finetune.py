@@ -2,8 +2,10 @@
 
 1. `data import` of SRC into DIR/data (validated, resumable);
 2. the prior and the decoder fine-tuned from the base model (its architecture and its CLIP stage),
-   either fully or as LoRA adapters (`lora_rank`); the time is measured on the first steps and
-   printed before the rest runs; every run resumes when the command is repeated;
+   and the decoder's high-noise expert when the base has one (it sets the layout, and so much of
+   the style, in the first steps), either fully or as LoRA adapters (`lora_rank`); the time is
+   measured on the first steps and printed before the rest runs; every run resumes when the
+   command is repeated;
 3. DIR/model: the base model with the fine-tuned stages (or DIR/lora/*.safetensors for adapters),
    and DIR/before_after.png: the base model's images (top row) and the fine-tuned model's (bottom)
    for captions of held-out images of SRC, from the same seeds.
@@ -59,13 +61,16 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     check_data(out, _input_id(Path(cfg.src).expanduser(), icfg))  # before the import replaces OUT/data
     m = import_images(icfg, log=log)
     log(f"{m['counts']['images']} images, {m['counts']['captions']} captions in {data}")
-    stages = (["prior"] if cfg.prior else []) + ["decoder"]
+    expert = json.loads((base / "decoder_config.json").read_text()).get("expert_from")
+    stages = (["prior"] if cfg.prior else []) + ["decoder"] + (["decoder_expert"] if expert else [])
     runs, report = {}, {"images": m["counts"]["images"], "stages": {}}
     for stage in stages:
         run = out / "runs" / stage
-        tc = TrainConfig(stage=stage, data=data, out=run, max_steps=2, batch_size=cfg.batch_size, lr=cfg.lr,
-                         warmup_steps=20, resume=True, init_from=base, threads=cfg.threads, seed=cfg.seed,
-                         mixed_precision=cfg.mixed_precision,
+        # the expert is a decoder of its own (MODEL/decoder_expert, with its settings); the base's CLIP embeds
+        init, options = (base / stage, {"clip": str(base)}) if stage == "decoder_expert" else (base, {})
+        tc = TrainConfig(stage=stage.removesuffix("_expert"), data=data, out=run, max_steps=2,
+                         batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=20, resume=True, init_from=init,
+                         threads=cfg.threads, seed=cfg.seed, mixed_precision=cfg.mixed_precision, options=options,
                          eval_every=max(cfg.steps // 3, 1), save_minutes=2.0, lora_rank=cfg.lora_rank, export="last")
         train(tc, log=lambda *_: None)  # the first steps; the data's embeddings are computed here
         tc.max_steps = min(4, cfg.steps)
@@ -78,7 +83,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
         result = train(tc)
         report["stages"][stage] = {"steps": cfg.steps, "minutes": round((time.time() - t) / 60, 2), **result}
         runs[stage] = run / "model"
-    model_dir = _assemble(base, runs, out, cfg.lora_rank)
+    model_dir = _assemble(base, runs, out, cfg.lora_rank, expert)
     report["model"] = str(model_dir)
     report["before_after"] = str(before_after(base, model_dir, data, out / "before_after.png", cfg))
     if cfg.style_prompts:
@@ -86,8 +91,8 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     return report
 
 
-def _assemble(base: Path, runs: dict, out: Path, lora: int) -> Path:
-    from unclip.models import assemble
+def _assemble(base: Path, runs: dict, out: Path, lora: int, expert_from: int | None) -> Path:
+    from unclip.models import assemble, attach_expert
 
     if lora:
         d = out / "lora"
@@ -99,13 +104,16 @@ def _assemble(base: Path, runs: dict, out: Path, lora: int) -> Path:
     if model.exists():
         shutil.rmtree(model)
     shutil.copytree(base, model, ignore=shutil.ignore_patterns("MODEL_CARD.md"))
-    assemble(model, **runs)
+    expert = runs.pop("decoder_expert", None)
+    assemble(model, **runs)  # (a decoder run exports one network: the base's expert goes, the fine-tuned one comes)
+    if expert is not None:
+        attach_expert(model, expert, expert_from)
     return model
 
 
 # What a fine-tune starts from: the CLIP stage (it embeds the data), the prior, the decoder and their configs
 START_FILES = ("clip.safetensors", "clip_config.json", "prior", "prior_config.json", "decoder", "text_proj",
-               "decoder_config.json")
+               "decoder_config.json", "decoder_expert")
 
 
 def weights_id(model_dir: Path) -> str:

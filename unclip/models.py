@@ -65,6 +65,29 @@ def assemble(out: Path, **stage_dirs: Path | None) -> Path:
     return out
 
 
+def attach_expert(model_dir: Path, expert: Path, expert_from: int) -> Path:
+    """Make the decoder export `expert` (a run's model/ dir) the high-noise expert of the model in
+    `model_dir`: copied to MODEL/decoder_expert, the steps t >= expert_from handed to it (Decoder.expert)."""
+    import json
+    import shutil
+
+    from unclip.decoder import DecoderConfig
+    from unclip.fsutil import write_json_atomic
+
+    model_dir, expert = Path(model_dir), Path(expert).expanduser()
+    missing = [f for f in STAGE_FILES["decoder"] if not (expert / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{expert} is not a decoder export: missing {', '.join(missing)}")
+    if json.loads((expert / "decoder_config.json").read_text()).get("expert_from") is not None:
+        raise ValueError(f"{expert} has a high-noise expert of its own; an expert is one network")
+    config = json.loads((model_dir / "decoder_config.json").read_text())
+    DecoderConfig(**{**config, "expert_from": expert_from})  # validates expert_from
+    shutil.rmtree(model_dir / "decoder_expert", ignore_errors=True)
+    shutil.copytree(expert, model_dir / "decoder_expert", ignore=shutil.ignore_patterns("decoder_expert"))
+    write_json_atomic(model_dir / "decoder_config.json", {**config, "expert_from": expert_from})
+    return model_dir
+
+
 def model_hash(path: Path) -> str:
     """A short hash of a model directory's weights and configs, whole files (recorded in generated PNGs;
     ~0.1 s for the shipped 50 MB): any changed tensor or setting (guidance, mean colour) changes it."""
