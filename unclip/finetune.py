@@ -74,10 +74,13 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
                          eval_every=max(cfg.steps // 3, 1), save_minutes=2.0, lora_rank=cfg.lora_rank, export="last")
         train(tc, log=lambda *_: None)  # the first steps; the data's embeddings are computed here
         tc.max_steps = min(4, cfg.steps)
-        t = time.time()
-        train(tc, log=lambda *_: None)  # two more, timed
-        per_step = (time.time() - t) / 2
-        log(f"{stage}: about {per_step * cfg.steps / 60:.1f} min for {cfg.steps} steps ({per_step:.2f} s/step measured)")
+        timed = train(tc, log=lambda *_: None)  # two more, timed by the trainer (not its set-up, checkpoint, preview)
+        if "samples_per_s" in timed:
+            per_step = cfg.batch_size / timed["samples_per_s"]
+            log(f"{stage}: about {per_step * cfg.steps / 60:.1f} min for {cfg.steps} steps ({per_step:.2f} s/step "
+                "measured)")
+        else:
+            log(f"{stage}: resuming its run at step {timed['step']} of {cfg.steps}")
         tc.max_steps = cfg.steps
         t = time.time()
         result = train(tc)
