@@ -205,7 +205,18 @@ def test_attach_expert_makes_an_export_the_high_noise_expert(tiny_model_dir, tin
         attach_expert(tmp_path / "m", tiny_expert_model_dir, 500)
     with pytest.raises(FileNotFoundError, match="not a decoder export: missing"):
         attach_expert(tmp_path / "m", tmp_path, 500)
+    shutil.copytree(tiny_expert_model_dir / "decoder_expert", tmp_path / "big")
+    config = json.loads((tmp_path / "big" / "decoder_config.json").read_text())
+    (tmp_path / "big" / "decoder_config.json").write_text(json.dumps({**config, "sample_size": 32}))
+    with pytest.raises(ValueError, match="does not fit the decoder .* sample_size 32 vs 16"):
+        attach_expert(tmp_path / "m", tmp_path / "big", 500)
     assert Decoder.load(tmp_path / "m").expert is None  # the refused calls changed nothing
+    attach_expert(tmp_path / "m", tiny_expert_model_dir / "decoder_expert", 500)
+    attach_expert(tmp_path / "m", tmp_path / "m" / "decoder_expert", 800)  # its own expert: a new expert_from
+    again = Decoder.load(tmp_path / "m")
+    assert again.config.expert_from == 800 and torch_equal(again.expert.unet.conv_in.weight,
+                                                           loaded.expert.unet.conv_in.weight)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir() if p.name.startswith(".")) == []  # no temporary left
 
 
 def test_adapters_of_a_decoder_and_of_its_expert_each_go_to_their_own_network(tiny_model_dir, tiny_expert_model_dir,
@@ -236,11 +247,30 @@ def test_adapters_of_a_decoder_and_of_its_expert_each_go_to_their_own_network(ti
         assert changed == ({300: True, 700: False} if name == "decoder" else {300: False, 700: True}), name
     both = unclip.load(tiny_expert_model_dir).load_lora(runs["decoder"]).load_lora(runs["decoder_expert"])
     assert both.decoder.lora_meta["stage"] == "decoder" and both.decoder.expert.lora_meta["stage"] == "decoder_expert"
+    assert both.decoder.base().lora_meta["stage"] == "decoder"  # its layers still carry the adapter: one per stage
     with pytest.raises(ValueError, match="high-noise expert \\(decoder_expert\\), which this model does not have"):
         unclip.load(tiny_model_dir).load_lora(runs["decoder_expert"])
 
 
-@pytest.mark.parametrize("lora,expert", [(0, False), (0, True), (2, True)])
+def test_a_fine_tune_recorded_before_experts_were_fine_tuned_resumes(tiny_expert_model_dir, tmp_path):
+    """OUT/base.json written when a fine-tune's id left the expert out: the same weights, so the runs resume
+    (the expert's run is added); other weights are still refused."""
+    from unclip.finetune import START_FILES, check_base, weights_id
+
+    (tmp_path / "runs").mkdir()
+    old = weights_id(tiny_expert_model_dir, START_FILES[:-1])
+    assert old != weights_id(tiny_expert_model_dir)
+    (tmp_path / "base.json").write_text(json.dumps({"base": "x", "weights": old}))
+    said = []
+    check_base(tmp_path, tiny_expert_model_dir, said.append)
+    assert "now fine-tuned too" in said[0]
+    assert json.loads((tmp_path / "base.json").read_text())["weights"] == weights_id(tiny_expert_model_dir)
+    (tmp_path / "base.json").write_text(json.dumps({"base": "x", "weights": "0" * 16}))
+    with pytest.raises(ValueError, match="holds a fine-tune of other base weights"):
+        check_base(tmp_path, tiny_expert_model_dir)
+
+
+@pytest.mark.parametrize("lora,expert", [(0, False), (2, False), (0, True), (2, True)])
 def test_finetune_one_command(tiny_model_dir, built_dataset, tmp_path, capsys, monkeypatch, lora, expert, request):
     from unclip.embed import image_pack
 
@@ -259,7 +289,8 @@ def test_finetune_one_command(tiny_model_dir, built_dataset, tmp_path, capsys, m
     if lora:
         assert sorted(p.name for p in (out / "lora").iterdir()) == sorted(f"{s}.safetensors" for s in stages)
         pipe = __import__("unclip").load(base).load_lora(out / "lora")
-        assert pipe.decoder.expert.lora_meta["stage"] == "decoder_expert"
+        assert pipe.decoder.lora_meta["stage"] == "decoder"
+        assert not expert or pipe.decoder.expert.lora_meta["stage"] == "decoder_expert"
     else:
         assert (out / "model" / "decoder_config.json").exists() and (out / "model" / "clip.safetensors").exists()
     if expert and not lora:  # the fine-tuned expert, attached with the base's expert_from

@@ -117,6 +117,8 @@ class Decoder(nn.Module):
         nn.Module.__init__(other)
         other.config = replace(self.config, expert_from=None)
         other.unet, other.text_proj, other.expert = self.unet, self.text_proj, None
+        if hasattr(self, "lora_meta"):  # its layers carry that adapter: one per stage still holds
+            other.lora_meta = self.lora_meta
         return other.train(self.training)
 
     @property

@@ -119,7 +119,7 @@ START_FILES = ("clip.safetensors", "clip_config.json", "prior", "prior_config.js
                "decoder_config.json", "decoder_expert")
 
 
-def weights_id(model_dir: Path) -> str:
+def weights_id(model_dir: Path, files: tuple = START_FILES) -> str:
     """A hash of the files a fine-tune starts from (START_FILES: names and contents); the upsampler, the
     AR prior, a PCA or adapters written into the model directory later do not change it."""
     import hashlib
@@ -128,7 +128,7 @@ def weights_id(model_dir: Path) -> str:
 
     model_dir = Path(model_dir)
     h = hashlib.sha256()
-    for name in START_FILES:
+    for name in files:
         path = model_dir / name
         for f in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
             h.update(f"{f.relative_to(model_dir)} {file_hash(f)}\n".encode())
@@ -143,7 +143,9 @@ def check_base(out: Path, base: Path, log=print) -> None:
     record, now, was = out / "base.json", {"base": str(base), "weights": weights_id(base)}, {}
     if record.exists():
         was = json.loads(record.read_text())
-        if was["weights"] != now["weights"] and (out / "runs").exists():
+        if was["weights"] == weights_id(base, START_FILES[:-1]) != now["weights"]:  # recorded before the expert
+            log(f"{out}'s runs started from these weights; the base's high-noise expert is now fine-tuned too")
+        elif was["weights"] != now["weights"] and (out / "runs").exists():
             raise ValueError(f"{out} holds a fine-tune of other base weights ({was['base']}, {was['weights']}; now "
                              f"{now['weights']}): pass a new --out, or delete {out / 'runs'} to start over")
     elif (out / "runs").exists():

@@ -67,23 +67,34 @@ def assemble(out: Path, **stage_dirs: Path | None) -> Path:
 
 def attach_expert(model_dir: Path, expert: Path, expert_from: int) -> Path:
     """Make the decoder export `expert` (a run's model/ dir) the high-noise expert of the model in
-    `model_dir`: copied to MODEL/decoder_expert, the steps t >= expert_from handed to it (Decoder.expert)."""
+    `model_dir`: copied to MODEL/decoder_expert (swapped in whole), the steps t >= expert_from handed to
+    it (Decoder.expert). MODEL's own expert as `expert`: only expert_from changes."""
     import json
     import shutil
 
     from unclip.decoder import DecoderConfig
     from unclip.fsutil import write_json_atomic
+    from unclip.train import _fresh_dir, _swap_in
 
     model_dir, expert = Path(model_dir), Path(expert).expanduser()
     missing = [f for f in STAGE_FILES["decoder"] if not (expert / f).exists()]
     if missing:
         raise FileNotFoundError(f"{expert} is not a decoder export: missing {', '.join(missing)}")
-    if json.loads((expert / "decoder_config.json").read_text()).get("expert_from") is not None:
+    theirs = json.loads((expert / "decoder_config.json").read_text())
+    if theirs.get("expert_from") is not None:
         raise ValueError(f"{expert} has a high-noise expert of its own; an expert is one network")
     config = json.loads((model_dir / "decoder_config.json").read_text())
     DecoderConfig(**{**config, "expert_from": expert_from})  # validates expert_from
-    shutil.rmtree(model_dir / "decoder_expert", ignore_errors=True)
-    shutil.copytree(expert, model_dir / "decoder_expert", ignore=shutil.ignore_patterns("decoder_expert"))
+    # the two networks' outputs are mixed per step: the same image size, z_i and output channels
+    differ = [k for k in ("sample_size", "clip_embed_dim", "learned_variance") if theirs.get(k) != config.get(k)]
+    if differ:
+        raise ValueError(f"{expert} does not fit the decoder in {model_dir}: "
+                         + ", ".join(f"{k} {theirs.get(k)} vs {config.get(k)}" for k in differ))
+    final = model_dir / "decoder_expert"
+    if expert.resolve() != final.resolve():
+        tmp = _fresh_dir(final)
+        shutil.copytree(expert, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("decoder_expert"))
+        _swap_in(tmp, final)
     write_json_atomic(model_dir / "decoder_config.json", {**config, "expert_from": expert_from})
     return model_dir
 
