@@ -73,7 +73,7 @@ def attach_expert(model_dir: Path, expert: Path, expert_from: int) -> Path:
     import shutil
 
     from unclip.decoder import DecoderConfig
-    from unclip.fsutil import write_json_atomic
+    from unclip.fsutil import write_bytes_atomic  # (keeps the config's key order)
     from unclip.train import _fresh_dir, _swap_in
 
     model_dir, expert = Path(model_dir), Path(expert).expanduser()
@@ -95,7 +95,8 @@ def attach_expert(model_dir: Path, expert: Path, expert_from: int) -> Path:
         tmp = _fresh_dir(final)
         shutil.copytree(expert, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("decoder_expert"))
         _swap_in(tmp, final)
-    write_json_atomic(model_dir / "decoder_config.json", {**config, "expert_from": expert_from})
+    config["expert_from"] = expert_from
+    write_bytes_atomic(model_dir / "decoder_config.json", json.dumps(config, indent=1).encode())
     return model_dir
 
 
