@@ -107,8 +107,9 @@ def _assemble(base: Path, runs: dict, out: Path, lora: int, expert_from: int | N
     if model.exists():
         shutil.rmtree(model)
     shutil.copytree(base, model, ignore=shutil.ignore_patterns("MODEL_CARD.md"))
-    expert = runs.pop("decoder_expert", None)
-    assemble(model, **runs)  # (a decoder run exports one network: the base's expert goes, the fine-tuned one comes)
+    expert = runs.get("decoder_expert")
+    # (a decoder run exports one network: the base's expert goes, the fine-tuned one comes)
+    assemble(model, **{stage: run for stage, run in runs.items() if stage != "decoder_expert"})
     if expert is not None:
         attach_expert(model, expert, expert_from)
     return model
@@ -143,9 +144,10 @@ def check_base(out: Path, base: Path, log=print) -> None:
     record, now, was = out / "base.json", {"base": str(base), "weights": weights_id(base)}, {}
     if record.exists():
         was = json.loads(record.read_text())
-        if was["weights"] == weights_id(base, START_FILES[:-1]) != now["weights"]:  # recorded before the expert
+        changed = was["weights"] != now["weights"]  # (the id without the expert is hashed only then)
+        if changed and was["weights"] == weights_id(base, START_FILES[:-1]):  # recorded before experts were tuned
             log(f"{out}'s runs started from these weights; the base's high-noise expert is now fine-tuned too")
-        elif was["weights"] != now["weights"] and (out / "runs").exists():
+        elif changed and (out / "runs").exists():
             raise ValueError(f"{out} holds a fine-tune of other base weights ({was['base']}, {was['weights']}; now "
                              f"{now['weights']}): pass a new --out, or delete {out / 'runs'} to start over")
     elif (out / "runs").exists():
