@@ -302,6 +302,10 @@ def test_finetune_one_command(tiny_model_dir, built_dataset, tmp_path, capsys, m
         tuned, was = (load_file(d / "decoder_expert" / "decoder" / "diffusion_pytorch_model.safetensors")
                       for d in (out / "model", base))
         assert tuned.keys() == was.keys() and any(not torch_equal(tuned[k], was[k]) for k in was)
+        # each network trained on the timesteps it draws: the decoder below expert_from, the expert from it up
+        spans = {s: (o["focus_from"], o["focus_to"], o["focus_share"]) for s in ("decoder", "decoder_expert")
+                 for o in [json.loads((out / "runs" / s / "model" / "decoder_config.json").read_text())["loss_options"]]}
+        assert spans == {"decoder": (0, 500, 1), "decoder_expert": (500, 1000, 1)}
     from unclip.finetune import weights_id
 
     assert json.loads((out / "base.json").read_text())["weights"] == weights_id(base)  # checked on a re-run

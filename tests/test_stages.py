@@ -471,7 +471,8 @@ def test_a_fine_tune_keeps_the_loss_options_its_decoder_was_trained_with(built_d
     assert Decoder.load(tmp_path / "m").config.loss_options == {"min_snr_gamma": 5.0, "high_noise_floor": 0.05,
                                                                 "dc_weight": 0.002, "dropout": 0.0,
                                                                 "embed_noise": 0.0, "clip_weight": 0.0,
-                                                                "focus_from": 0.0, "focus_share": 0.0}
+                                                                "focus_from": 0.0, "focus_to": 1000.0,
+                                                                "focus_share": 0.0}
     tuned = DecoderTask(TrainConfig(stage="decoder", data=built_dataset, init_from=tmp_path / "m",
                                     options={"clip": str(tiny_clip_dir), "dc_weight": 0.0}))
     assert (tuned.high_noise_floor, tuned.dc_weight, tuned.gamma) == (0.05, 0.0, 5.0)
@@ -665,8 +666,8 @@ def test_decoder_v_ramp_keeps_eps_below_t_a_and_roundtrips(tmp_path):
 
 def test_decoder_task_v_ramp_trains_r_and_focus_draws_noisy_steps(built_dataset, tiny_clip_dir):
     """--option v_ramp: below t_a the loss is the ε loss as before, above t_b the v-MSE with weight 1 (plus
-    L_vlb); it is kept across a resume. focus_share draws that share of t from focus_from up, and 0
-    leaves every draw as it was."""
+    L_vlb); it is kept across a resume. focus_share draws that share of t from focus_from up (to focus_to,
+    exclusive), and 0 leaves every draw as it was."""
     from unclip.decoder import DecoderTask
     from unclip.train import sample_generator
 
@@ -702,8 +703,13 @@ def test_decoder_task_v_ramp_trains_r_and_focus_draws_noisy_steps(built_dataset,
     assert (focused["t"] >= 750).float().mean() == pytest.approx(0.5 + 0.5 * 0.25, abs=0.1)
     base, off = draws(plain), draws(DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, focus_share=0.0)))
     assert all(torch.equal(base[k], off[k]) for k in base)
-    with pytest.raises(ValueError, match="focus_from must be in"):
-        DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, focus_share=1.5))
+    below = draws(DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, focus_to=900, focus_share=1.0)))
+    assert int(below["t"].max()) < 900 and int(below["t"].min()) < 100  # all of 0..899, none of 900..999
+    served = draws(DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, focus_from=900, focus_share=1.0)))
+    assert int(served["t"].min()) >= 900
+    for bad in ({"focus_share": 1.5}, {"focus_from": 900, "focus_to": 900}, {"focus_to": 1001}):
+        with pytest.raises(ValueError, match="focus_from and focus_to must satisfy"):
+            DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, **bad))
 
 
 def test_a_high_noise_expert_runs_from_expert_from_up_and_roundtrips(tmp_path):

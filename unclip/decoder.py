@@ -420,13 +420,15 @@ class DecoderTask(ConditionedTask):
     `DecoderConfig.v_ramp`: the network predicts ε below t_a as before and v above t_b, whose x0 error is not
     multiplied by tan θ; a fine-tune from an ε model keeps the low-noise steps exactly and relearns the noisy
     ones, where the loss is the v-MSE, an x0-space weight ~1 instead of high_noise_floor's), focus_share with
-    focus_from (default 0: off; that share of each batch's timesteps is drawn from focus_from..999 instead of
-    0..999, to spend a fine-tune's steps where it changes the most). Options the run does not set come from the starting model's
+    focus_from and focus_to (default 0, 1000; focus_share 0: off; that share of each batch's timesteps is drawn
+    from focus_from..focus_to - 1 instead of 0..999, to spend a fine-tune's steps where it changes the most, or
+    where the network serves: `unclip finetune` trains a decoder with an expert on t < expert_from only and
+    the expert on t >= expert_from). Options the run does not set come from the starting model's
     `loss_options` (a fine-tune keeps the objective its model was trained with), and the exported
     config records the ones used."""
 
     LOSS_OPTIONS = {"min_snr_gamma": 5.0, "high_noise_floor": 0.0, "dc_weight": 0.0, "dropout": 0.0, "embed_noise": 0.0,
-                    "clip_weight": 0.0, "focus_from": 0.0, "focus_share": 0.0}
+                    "clip_weight": 0.0, "focus_from": 0.0, "focus_to": 1000.0, "focus_share": 0.0}
 
     def __init__(self, cfg, conditioning=None):
         from unclip.conditioning import Conditioning, clip_dir_for, stage_config
@@ -460,10 +462,10 @@ class DecoderTask(ConditionedTask):
         if opts["clip_weight"] < 0:
             raise ValueError(f"--option clip_weight must be >= 0, not {opts['clip_weight']}")
         self.clip_weight = opts["clip_weight"]
-        self.focus_from, self.focus_share = int(opts["focus_from"]), opts["focus_share"]
-        if not 0 <= self.focus_from <= 999 or not 0 <= self.focus_share <= 1:
-            raise ValueError(f"--option focus_from must be in 0..999 and focus_share in [0, 1], not "
-                             f"{opts['focus_from']} and {opts['focus_share']}")
+        self.focus_from, self.focus_to, self.focus_share = int(opts["focus_from"]), int(opts["focus_to"]), opts["focus_share"]
+        if not 0 <= self.focus_from < self.focus_to <= 1000 or not 0 <= self.focus_share <= 1:
+            raise ValueError(f"--option focus_from and focus_to must satisfy 0 <= focus_from < focus_to <= 1000 and "
+                             f"focus_share be in [0, 1], not {opts['focus_from']}, {opts['focus_to']} and {opts['focus_share']}")
         if self.clip_weight:
             self.cond.clip.eval().requires_grad_(False)  # frozen: the loss reads it, never trains it
         for m in self.model.unet.modules():  # ResNet blocks' and attention outputs' nn.Dropout (p = 0 by default)
@@ -507,9 +509,9 @@ class DecoderTask(ConditionedTask):
         caption_dropped = draw_uniform(gens) < self.config.caption_drop
         image_dropped = draw_uniform(gens) < self.config.image_drop
         t = draw_timesteps(gens, self.schedule.num_timesteps)
-        if self.focus_share:  # that share from focus_from..999 (extra draws only when on: old runs replay)
+        if self.focus_share:  # that share from focus_from..focus_to - 1 (extra draws only when on: old runs replay)
             focused = draw_uniform(gens) < self.focus_share
-            t = torch.where(focused, self.focus_from + draw_timesteps(gens, self.schedule.num_timesteps - self.focus_from), t)
+            t = torch.where(focused, self.focus_from + draw_timesteps(gens, self.focus_to - self.focus_from), t)
         s = self.config.sample_size
         noise = draw_noise(gens, (3, s, s))
         z_t, hidden, mask = self.cond.text(caps, caption_dropped)
