@@ -363,6 +363,9 @@ def test_decoder_training_writes_previews_at_checkpoints(built_dataset, tiny_cli
     train(cfg, log=lambda m: None)
     im = Image.open(tmp_path / "run" / "previews" / "step0000002.png")
     assert im.size[1] == 2 * 16 and im.size[0] % 16 == 0  # held-out images over their reconstructions
+    cfg.out, cfg.previews = tmp_path / "quiet", False  # --no-previews: the checkpoint without the picture
+    train(cfg, log=lambda m: None)
+    assert (cfg.out / "checkpoint").exists() and not (cfg.out / "previews").exists()
 
 
 def test_resume_refuses_a_checkpoint_trained_with_another_clip(built_dataset, tiny_clip_dir, tmp_path):

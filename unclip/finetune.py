@@ -70,7 +70,8 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
         tc = TrainConfig(stage=stage.removesuffix("_expert"), data=data, out=run, max_steps=2,
                          batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=20, resume=True, init_from=init,
                          threads=cfg.threads, seed=cfg.seed, mixed_precision=cfg.mixed_precision, options=options,
-                         eval_every=max(cfg.steps // 3, 1), save_minutes=2.0, lora_rank=cfg.lora_rank, export="last")
+                         eval_every=max(cfg.steps // 3, 1), save_minutes=5.0, lora_rank=cfg.lora_rank, export="last",
+                         previews=False)  # (before_after.png shows the result; a decoder's preview costs ~25 s)
         train(tc, log=lambda *_: None)  # the first steps; the data's embeddings are computed here
         tc.max_steps = min(4, cfg.steps)
         timed = train(tc, log=lambda *_: None)  # two more, timed by the trainer (not its set-up, checkpoint, preview)

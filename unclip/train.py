@@ -56,6 +56,7 @@ class TrainConfig:
     save_minutes: float = 5.0
     save_every: int = 0  # also save every N steps (0: by time only, and at the end)
     export: str = "best"  # run/model at a checkpoint: "best" when the held-out loss improved, "last" always
+    previews: bool = True  # run/previews/stepN.png at every checkpoint (the stage's samples; ~25 s for a decoder on a CPU)
     log_every: int = 10
     eval_every: int = 250
     threads: int = 0  # torch CPU threads (0: leave torch's default)
@@ -399,7 +400,7 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
                             {"best_heldout": best, "heldout": h, "fingerprint": fingerprint, "warmup": warmup,
                              **({"grad_scaler": acc.scaler.state_dict()} if acc.scaler is not None else {}),
                              **(task.checkpoint_state() if hasattr(task, "checkpoint_state") else {})})
-            if hasattr(task, "preview"):  # a picture of where training stands, at every checkpoint
+            if cfg.previews and hasattr(task, "preview"):  # a picture of where training stands, at every checkpoint
                 task.preview(ema.copy_to(task.eval_model(), ema_full), run / "previews" / f"step{step:07d}.png")
             _append(metrics_path, {"step": step, "heldout_loss": h, "best_heldout": best,
                                    "exported": improved or cfg.export == "last"})

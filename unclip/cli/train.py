@@ -38,6 +38,8 @@ def register(sub) -> None:
     t.add_argument("--option", action="append", metavar="KEY=VALUE", help="stage-specific setting (repeatable)")
     t.add_argument("--export", choices=("best", "last"), default="best",
                    help="write run/model when the held-out loss improves (best) or at every checkpoint (last: fine-tunes)")
+    t.add_argument("--no-previews", dest="previews", action="store_false",
+                   help="no sample picture at each checkpoint (run/previews/; a decoder's costs ~25 s on a CPU)")
     t.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank on --init-from (decoder, prior)")
     t.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the rank)")
     t.add_argument("--train-only", help="comma-separated parameter-name prefixes to train, e.g. text_proj (default: all)")
@@ -99,7 +101,8 @@ def _train(a) -> int:
                       mixed_precision=a.mixed_precision, resume=a.resume, init_from=a.init_from,
                       lr_schedule=a.lr_schedule, decay_steps=a.decay_steps, eval_every=a.eval_every, fsdp=a.fsdp, compile=a.compile,
                       options=options,
-                      lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, export=a.export, train_only=a.train_only or "")
+                      lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, export=a.export, train_only=a.train_only or "",
+                      previews=a.previews)
     result = train(cfg)
     print(json.dumps(result))
     return 0
