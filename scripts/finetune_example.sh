@@ -13,7 +13,7 @@ UNCLIP=${UNCLIP:-.venv/bin/unclip}
 PY=${PY:-.venv/bin/python}
 THREADS=${THREADS:-2}
 OUT=${OUT:-$HOME/.cache/unclip/examples}
-STEPS=${STEPS:-250}  # finetune's default: the full fine-tune in ~25 min on 2 cores without AMX
+STEPS=${STEPS:-200}  # finetune's default: the full fine-tune in ~25 min on 2 cores without AMX
 # bf16 autocast where the CPU has AMX (there: bf16 matmul 2.4 TFLOPS vs 0.37 fp32, decoder steps 1.7x faster,
 # measured); fp32 elsewhere (a CPU with AVX512-BF16 but no AMX ran bf16 slower than fp32, measured)
 MP=${MP:-$($PY -c 'from unclip.precision import native_bf16; print("bf16" if native_bf16() else "no")')}

@@ -55,8 +55,8 @@ def register(sub) -> None:
     ft.add_argument("src", type=Path, help="a folder of captioned images or WebDataset .tar shards (see `data import`)")
     ft.add_argument("--out", type=Path, required=True, help="where data/, runs/, model/ (or lora/) and before_after.png go")
     ft.add_argument("--base", type=Path, help="model to start from (default: the shipped model)")
-    ft.add_argument("--steps", type=int, default=250,
-                    help="optimizer steps per stage (250: prior, decoder and expert in ~25 min on 2 CPU cores)")
+    ft.add_argument("--steps", type=int, default=200,
+                    help="optimizer steps per stage (200: prior, decoder and expert in ~25 min on 2 CPU cores)")
     ft.add_argument("--batch-size", type=int, default=16)
     ft.add_argument("--lr", type=float, default=2e-4)
     ft.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank instead of every weight")
