@@ -13,9 +13,9 @@ and canonical caption (DDIM, the model's decoder guidance, no upsampling, seeded
 `--decoder` swaps in a training run's decoder export (e.g. ~/.cache/unclip/runs/NAME/model) with the
 model's other stages, so a decoder run can be compared with the shipped one on the same images and seeds.
 `--conditioning` adds, for the same images, the x0-MSE at fixed noise levels given their own z_i, another
-image's and the null one, with and without the caption (`decoder.conditioning_errors`): what z_i adds to
+image's and the null one, with and without the caption (`decoder_checks.conditioning_errors`): what z_i adds to
 the denoising loss, apart from what the sampler makes of it; and beside them what z_i alone says about the
-pixels with no decoder at all (`decoder.neighbour_errors`: the mean of the training images nearest in z_i).
+pixels with no decoder at all (`decoder_checks.neighbour_errors`: the mean of the training images nearest in z_i).
 A few minutes on 2 CPU threads for the default 60 images.
 """
 
@@ -98,9 +98,9 @@ def main() -> int:
          "style_per_style": {k: round(v, 3) for k, v in per_style.items()}}
     if a.conditioning:
         from unclip.conditioning import Conditioning
-        from unclip.decoder import conditioning_errors
+        from unclip.decoder_checks import conditioning_errors
 
-        from unclip.decoder import neighbour_errors
+        from unclip.decoder_checks import neighbour_errors
 
         cond = Conditioning(a.data, a.split, a.model, clip=pipe.clip)
         r["conditioning_x0_mse"] = conditioning_errors(pipe.decoder, cond, rows.tolist(), seed=a.seed)

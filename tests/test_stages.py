@@ -133,7 +133,8 @@ def test_decoder_task_records_the_data_mean_colour(built_dataset, tiny_clip_dir)
 
 
 def test_conditioning_errors_tell_what_z_i_adds(built_dataset, tiny_clip_dir):
-    from unclip.decoder import DecoderTask, conditioning_errors
+    from unclip.decoder import DecoderTask
+    from unclip.decoder_checks import conditioning_errors
 
     task = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir))
     torch.manual_seed(0)
@@ -157,7 +158,8 @@ def test_neighbour_errors_weigh_the_nearest_training_images_and_leave_the_image_
     at a tiny temperature the estimate is the nearest other image, never the image itself."""
     import torch.nn.functional as F
 
-    from unclip.decoder import DecoderTask, neighbour_errors
+    from unclip.decoder import DecoderTask
+    from unclip.decoder_checks import neighbour_errors
 
     cond = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir)).cond
     n, idx = len(cond), [0, 1, 2]
