@@ -30,7 +30,7 @@ def main() -> None:
 
     from unclip.clip_task import uint8_to_tensor
     from unclip.embed import image_pack
-    from unclip.finetune import StyleProbe, load_finetuned
+    from unclip.finetune import StyleProbe, load_finetuned, style_embeds
     from unclip.models import default_model_dir
     from unclip.paths import default_data_dir
     from unclip.pipeline import UnCLIPPipeline
@@ -44,26 +44,21 @@ def main() -> None:
     for split, n in (("heldout_images", None), ("train", a.train)):
         pixels, idx = image_pack(a.data, split)
         first = idx["caption_offsets"][:-1]
-        rows = range(len(first)) if n is None else range(0, len(first), max(len(first) // max(n, 1), 1))
-        rows = list(rows)[:n] if n is not None else list(rows)
+        rows = list(range(len(first)) if n is None else range(0, len(first), max(len(first) // max(n, 1), 1)))[:n]
         captions += [idx["captions"][first[i]] for i in rows]
         images.append(uint8_to_tensor(np.asarray([pixels[i] for i in rows])))
     real = before.clip.encode_image(torch.cat(images))  # (n, D)
 
     def score(z: torch.Tensor) -> str:
-        logits = probe.linear(F.normalize(z.float(), dim=-1) / 0.1)  # (n, styles)
+        logits = probe.logits(z)  # (n, styles)
         share, p = (logits.argmax(-1) == k).float().mean(), F.softmax(logits, -1)[:, k].mean()
         return f"{float(share):.1%} ({float(p):.3f})"
 
     print(f"{len(captions)} captions; real images {score(real)}", flush=True)
     for name in a.models:
         pipe = before if name == "base" else load_finetuned(base, Path(name).expanduser())
-        with torch.no_grad():
-            r = pipe(captions, 1, generator=torch.Generator().manual_seed(0), upsample=False, output_type="pt")
-            own = pipe.from_embeds(real, captions, generator=torch.Generator().manual_seed(0), upsample=False,
-                                   output_type="pt").images
-            shown = {"generated": pipe.clip.encode_image(r.images * 2 - 1), "prior's z_i": r.image_embeds,
-                     "own z_i": pipe.clip.encode_image(own * 2 - 1)}
+        prior_z, image_z, own_z = style_embeds(pipe, captions, real, seed=0)
+        shown = {"generated": image_z, "prior's z_i": prior_z, "own z_i": own_z}
         print(name, "  ".join(f"{key} {score(z)}" for key, z in shown.items()), flush=True)
 
 

@@ -239,9 +239,23 @@ class StyleProbe:
                 opt.step()
         self.linear.requires_grad_(False)
 
+    def logits(self, z_i: torch.Tensor) -> torch.Tensor:
+        """(B, styles) for z_i (B, D); softmax gives each style's probability."""
+        return self.linear(F.normalize(z_i.float(), dim=-1) / 0.1)
+
     def __call__(self, z_i: torch.Tensor) -> list[str]:
         """The predicted style of each z_i (B, D)."""
-        return [self.names[i] for i in self.linear(F.normalize(z_i, dim=-1) / 0.1).argmax(-1).tolist()]
+        return [self.names[i] for i in self.logits(z_i).argmax(-1).tolist()]
+
+
+@torch.no_grad()
+def style_embeds(pipe, prompts: list[str], real_z: torch.Tensor, seed: int) -> tuple[torch.Tensor, ...]:
+    """The CLIP stage's z_i (n, D) of what `pipe` makes of `prompts` (64 px, seeded): the prior's samples,
+    the generated images, and the images decoded from `real_z` (n, D), the real images' own z_i."""
+    r = pipe(prompts, 1, generator=torch.Generator().manual_seed(seed), upsample=False, output_type="pt")
+    own = pipe.from_embeds(real_z, prompts, generator=torch.Generator().manual_seed(seed), upsample=False,
+                           output_type="pt").images
+    return r.image_embeds, pipe.clip.encode_image(r.images * 2 - 1), pipe.clip.encode_image(own * 2 - 1)
 
 
 @torch.no_grad()
@@ -275,10 +289,7 @@ def style_report(base: Path, model_dir: Path, data: Path, cfg: FinetuneConfig, l
     out = {"style": style, "styles": len(probe.names), "prompts": len(prompts)}
     runs = {"real": (None, before.clip.encode_image(real), None)}  # name: z_i of (the prior, its images, own-z_i images)
     for name, pipe in (("before", before), ("after", load_finetuned(base, model_dir))):
-        r = pipe(prompts, 1, generator=torch.Generator().manual_seed(cfg.seed), upsample=False, output_type="pt")
-        own = pipe.from_embeds(runs["real"][1], prompts, generator=torch.Generator().manual_seed(cfg.seed),
-                               upsample=False, output_type="pt").images
-        runs[name] = (r.image_embeds, pipe.clip.encode_image(r.images * 2 - 1), pipe.clip.encode_image(own * 2 - 1))
+        runs[name] = style_embeds(pipe, prompts, runs["real"][1], cfg.seed)
     for name, (prior_z, image_z, own_z) in runs.items():
         for key, z in ((name, image_z), (f"{name}_prior", prior_z), (f"{name}_own", own_z)):
             if z is not None:
