@@ -704,14 +704,19 @@ def test_decoder_task_v_ramp_trains_r_and_focus_draws_noisy_steps(built_dataset,
     def draws(task):
         return task.batch(list(range(8)) * 32, [sample_generator(0, 0, i) for i in range(256)], "cpu")
 
-    focused = draws(DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, focus_from=750, focus_share=0.5)))
-    assert (focused["t"] >= 750).float().mean() == pytest.approx(0.5 + 0.5 * 0.25, abs=0.1)
+    focused = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, focus_from=750, focus_share=0.5))
+    assert (draws(focused)["t"] >= 750).float().mean() == pytest.approx(0.5 + 0.5 * 0.25, abs=0.1)
     base, off = draws(plain), draws(DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, focus_share=0.0)))
     assert all(torch.equal(base[k], off[k]) for k in base)
     below = draws(DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, focus_to=900, focus_share=1.0)))
     assert int(below["t"].max()) < 900 and int(below["t"].min()) < 100  # all of 0..899, none of 900..999
-    served = draws(DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, focus_from=900, focus_share=1.0)))
+    expert = DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, focus_from=900, focus_share=1.0))
+    served = draws(expert)
     assert int(served["t"].min()) >= 900
+    for task, (lo, hi) in ((expert, (900, 1000)), (focused, (0, 1000)), (plain, (0, 1000))):  # held-out: where it trains
+        task.heldout_loss(task.model, n=4)
+        assert task._heldout["t"].tolist() == torch.linspace(lo, hi - 1, 4).long().tolist()
+    assert (expert.heldout_measure(), focused.heldout_measure()) == ("t in [900, 1000)", None)  # with its checkpoints
     for bad in ({"focus_share": 1.5}, {"focus_from": 900, "focus_to": 900}, {"focus_to": 1001}):
         with pytest.raises(ValueError, match="focus_from and focus_to must satisfy"):
             DecoderTask(_cfg("decoder", built_dataset, tiny_clip_dir, **bad))

@@ -256,3 +256,28 @@ def test_export_best_keeps_the_best_model_and_last_always_writes(tmp_path, expor
     assert len(task.exported) == sum(flags)
     with pytest.raises(ValueError, match="export must be 'best' or 'last'"):
         train(_cfg(tmp_path, "x", max_steps=1, export="first"), task=ToyTask(), log=lambda m: None)
+
+
+def test_a_best_held_out_loss_of_another_measure_starts_afresh_on_resume(tmp_path):
+    """A checkpoint records what its best held-out loss measured (`heldout_measure`); resumed under another
+    measure (e.g. a decoder now focused on t >= 900), the best starts afresh, said so, and "best" exports again."""
+
+    class Measured(ToyTask):
+        def __init__(self, measure):
+            super().__init__()
+            self.measure = measure
+
+        def heldout_measure(self):
+            return self.measure
+
+    train(_cfg(tmp_path, "m", max_steps=4, lr=0.0, save_every=2), task=Measured(None), log=lambda m: None)
+    state = json.loads((tmp_path / "m" / "checkpoint" / "state.json").read_text())
+    assert state["heldout_measure"] is None and state["best_heldout"] is not None
+    logs, same = [], Measured(None)
+    train(_cfg(tmp_path, "m", max_steps=6, lr=0.0, save_every=2, resume=True), task=same, log=logs.append)
+    assert not same.exported and not any("afresh" in m for m in logs)  # same measure, no better: kept
+    other = Measured("t in [900, 1000)")
+    train(_cfg(tmp_path, "m", max_steps=8, lr=0.0, save_every=2, resume=True), task=other, log=logs.append)
+    assert other.exported and any("best starts afresh" in m for m in logs)
+    state = json.loads((tmp_path / "m" / "checkpoint" / "state.json").read_text())
+    assert state["heldout_measure"] == "t in [900, 1000)"

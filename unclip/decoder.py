@@ -519,14 +519,26 @@ class DecoderTask(ConditionedTask):
     def eval_model(self) -> "Decoder":
         return Decoder(self.config)
 
+    def heldout_span(self) -> tuple[int, int]:
+        """The timesteps the held-out loss spreads over, [lo, hi)."""
+        return (self.focus_from, self.focus_to) if self.focus_share >= 1 else (0, self.schedule.num_timesteps)
+
+    def heldout_measure(self) -> str | None:
+        """Recorded with a checkpoint's best held-out loss: a resumed run compares like with like."""
+        lo, hi = self.heldout_span()
+        return None if (lo, hi) == (0, self.schedule.num_timesteps) else f"t in [{lo}, {hi})"
+
     @torch.no_grad()
     def heldout_loss(self, model: "Decoder", n: int = 64) -> float:
         """ε-MSE on held-out images (canonical captions, no dropout; a caption-only decoder's null z_i)
-        at fixed timesteps and noise."""
+        at fixed timesteps and noise: spread over 0..999, or over focus_from..focus_to - 1 when the run
+        draws every t there (focus_share 1: a high-noise expert, or a decoder that leaves them to one),
+        so the loss follows what the run trains and not the steps it gives up."""
         if self._heldout is None:
             b = self.cond.heldout().fixed_batch(n, size=self.config.sample_size)
             g = torch.Generator().manual_seed(1234)
-            b["t"] = torch.linspace(0, self.schedule.num_timesteps - 1, len(b["x0"])).long()
+            lo, hi = self.heldout_span()
+            b["t"] = torch.linspace(lo, hi - 1, len(b["x0"])).long()
             b["noise"] = torch.randn(b["x0"].shape, generator=g)
             self._heldout = b
         b = self._heldout

@@ -371,7 +371,12 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
     micro = local // cfg.grad_accum
     run.mkdir(parents=True, exist_ok=True)
     metrics_path = run / "metrics.jsonl"
+    measure = task.heldout_measure() if hasattr(task, "heldout_measure") else None  # None: the stage's usual one
     best = state.get("best_heldout")
+    if best is not None and state.get("heldout_measure") != measure:
+        log(f"the held-out loss is now measured over {measure or 'every t'} (the checkpoint's best, {best:.4g}, "
+            f"over {state.get('heldout_measure') or 'every t'}): the best starts afresh")
+        best = None
     stop = {"flag": False}
     # every process: launchers send SIGTERM to all ranks, and the flag is agreed on across them
     old_handler = signal.signal(signal.SIGTERM, lambda *a: stop.__setitem__("flag", True))
@@ -397,7 +402,8 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
             if improved or cfg.export == "last":  # before the checkpoint that records this best
                 export_atomic(task, ema.copy_to(task.eval_model(), ema_full), run / "model")
             save_checkpoint(run, weights, ema_full, ema.updates, optimizer, step, cfg,
-                            {"best_heldout": best, "heldout": h, "fingerprint": fingerprint, "warmup": warmup,
+                            {"best_heldout": best, "heldout": h, "heldout_measure": measure,
+                             "fingerprint": fingerprint, "warmup": warmup,
                              **({"grad_scaler": acc.scaler.state_dict()} if acc.scaler is not None else {}),
                              **(task.checkpoint_state() if hasattr(task, "checkpoint_state") else {})})
             if cfg.previews and hasattr(task, "preview"):  # a picture of where training stands, at every checkpoint
