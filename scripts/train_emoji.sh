@@ -38,7 +38,7 @@ MP=${MP:-$($PY -c 'from unclip.precision import native_bf16; print("bf16" if nat
 # high-noise expert: the shipped decoder fine-tuned on t >= 750 only with the v-ramp parameterization (v above
 # t = 900), 861 steps (356 with half the batch at t >= 750, then all of it; lr 2e-4, EMA 0.998). Its x0 at t = 950
 # from held-out z_i: MSE 0.147 vs the decoder's 0.184 (z_i's 16 nearest training images alone: 0.135).
-# Session 19 trained it on to 1,227 steps (focus_share=1.0; x0-MSE at 950 0.140). The
+# Session 19 trained it on to 1,227 steps (focus_share=1.0; x0-MSE at 950 0.140), sessions 20-21 to 1,927. The
 # expert's export goes to $SHIPPED/decoder_expert with "expert_from": 900 in decoder_config.json (models.attach_expert).
 STAGES=${STAGES:-"data clip embed prior decoder decoder_expert upsampler ar_prior"}
 SHIPPED=unclip/shipped/emoji
@@ -57,7 +57,7 @@ for stage in $STAGES; do
     decoder) $UNCLIP train decoder --preset small --batch-size 32 --lr 2e-4 --max-steps 20000 --option high_noise_floor=0.05 --option dc_weight=0.002 \
                --lr-schedule wsd --decay-steps 4000 --compile --threads "$THREADS" --mixed-precision "$MP" --resume $(init decoder_config.json) ;;
     decoder_expert) $UNCLIP train decoder --init-from "$SHIPPED" --out ~/.cache/unclip/runs/decoder-vramp --batch-size 32 \
-               --lr 2e-4 --warmup-steps 50 --max-steps "${EXPERT_STEPS:-1227}" --ema-decay 0.998 --option 'v_ramp=[750,900]' \
+               --lr 2e-4 --warmup-steps 50 --max-steps "${EXPERT_STEPS:-1927}" --ema-decay 0.998 --option 'v_ramp=[750,900]' \
                --option focus_from=750 --option focus_share=1.0 --export last --compile --threads "$THREADS" \
                --mixed-precision "$MP" --resume
                     $PY -c 'import sys; from unclip.models import attach_expert; attach_expert(sys.argv[1], sys.argv[2], 900)' \
