@@ -72,14 +72,16 @@ def test_generate_writes_a_grid_with_its_parameters(tiny_model_dir, tmp_path):
     assert "trainedAlgorithmicMedia" in im.text["DigitalSourceType"]
 
 
-def test_generate_with_a_guidance_interval_records_it_and_checks_it(tiny_model_dir, tmp_path):
+def test_generate_with_a_guidance_interval_or_rerank_records_it_and_checks_it(tiny_model_dir, tmp_path):
     args = ["generate", "red heart", "--model", str(tiny_model_dir), "--num-images", "1", "--prior-steps", "2",
             "--decoder-steps", "3", "--no-upsample"]
     assert main(args + ["--out", str(tmp_path / "a.png")]) == 0
     assert main(args + ["--decoder-guidance-interval", "300,700", "--out", str(tmp_path / "b.png")]) == 0
     a, b = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
     assert json.loads(b.text["parameters"])["decoder_guidance_interval"] == [300, 700]
-    assert "decoder_guidance_interval" not in json.loads(a.text["parameters"])
+    assert "decoder_guidance_interval" not in json.loads(a.text["parameters"]) and "rerank" not in a.text["parameters"]
+    assert main(args + ["--rerank", "3", "--out", str(tmp_path / "r.png")]) == 0
+    assert json.loads(Image.open(tmp_path / "r.png").text["parameters"])["rerank"] == 3
     assert a.tobytes() != b.tobytes()  # DDIM 3 steps: t = 999, 666, 333; the first is unguided in b
     for bad in ("700,300", "0,1000", "5", "a,b"):
         r = subprocess.run([sys.executable, "-m", "unclip", *args, "--decoder-guidance-interval", bad, "--out",

@@ -100,6 +100,25 @@ def test_best_of_keeps_the_candidate_closest_to_the_text(pipe):
     assert z1.shape == z4.shape == (1, 384)
 
 
+def test_rerank_keeps_the_decoder_image_closest_to_the_prompt_in_clip(pipe):
+    """rerank K: the K candidates of each output are the images that K times as many outputs would be (same
+    seed); the kept one has the largest CLIP cosine with its prompt's z_t, and it keeps its own z_i."""
+    prompts, kw = ["pizza", "rocket"], dict(prior_steps=2, decoder_steps=2, upsample=False, output_type="pt")
+    cand = pipe(prompts, 6, generator=_gen(3), **kw)  # each prompt's 2 outputs x 3 candidates, in a row
+    out = pipe(prompts, 2, rerank=3, generator=_gen(3), **kw)
+    e = torch.nn.functional.normalize(pipe.encode_image(cand.images * 2 - 1), dim=-1)
+    z_t = torch.nn.functional.normalize(pipe.encode_prompt(prompts)[0].text_embed, dim=-1).repeat_interleave(6, 0)
+    keep = torch.arange(4) * 3 + (e * z_t).sum(-1).view(4, 3).argmax(1)
+    assert keep.tolist() != [0, 3, 6, 9]  # the test would not tell reranking from taking the first candidate
+    torch.testing.assert_close(out.images, cand.images[keep], rtol=0, atol=0)
+    torch.testing.assert_close(out.image_embeds, cand.image_embeds[keep], rtol=0, atol=0)
+    for bad in (0, 17, 2.0):
+        with pytest.raises(ValueError, match="rerank must be an integer between 1 and 16"):
+            pipe("pizza", rerank=bad, **kw)
+    with pytest.raises(ValueError, match="do not make rows of 3"):
+        pipe.rerank_images(cand.images[:4], z_t[:4], 3)
+
+
 def test_the_ablation_priors_text_and_none(pipe):
     kw = dict(decoder_steps=2, upsample=False, output_type="pt")
     text, empty = pipe.encode_prompt(["pizza"])

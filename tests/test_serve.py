@@ -130,6 +130,7 @@ def test_automatic1111_txt2img_progress_and_samplers(server):
     ({**GEN, "decoder_steps": 5000}, "decoder_steps"), ({**GEN, "sampler": "euler"}, "unknown 'euler'"),
     ({**GEN, "prompt": "x" * 401}, "at most 400"), ({**GEN, "decoder_guidance_scale": -1}, "decoder_guidance_scale"),
     ({**GEN, "bogus": 1}, "bogus"), ({**GEN, "num_images": "many"}, "num_images"),
+    ({**GEN, "rerank": 5}, "rerank: must be between 1 and 4"),
 ])
 def test_bad_requests_are_422_naming_the_field(server, body, field):
     r = httpx.post(server + "/v1/generate", json=body)

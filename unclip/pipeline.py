@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from unclip.clip import TextEncoding
 from unclip.images import to_output
@@ -340,14 +341,19 @@ class UnCLIPPipeline:
     def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, prior_steps: int | None = None,
                  decoder_steps: int | None = None, upsampler_steps: int | None = None, prior_guidance_scale: float = 4.0,
                  decoder_guidance_scale: float | None = None, sampler: str = "ddim", eta: float = 0.0, best_of: int = 2,
-                 prior: str = "diffusion", upsample: bool = True, upsampler_strength: float | None = None,
-                 generator: torch.Generator | None = None, output_type: str = "pil", progress: bool = False) -> UnCLIPOutput:
+                 rerank: int = 1, prior: str = "diffusion", upsample: bool = True,
+                 upsampler_strength: float | None = None, generator: torch.Generator | None = None,
+                 output_type: str = "pil", progress: bool = False) -> UnCLIPOutput:
         """Text -> images. Steps left as None take the sampler's defaults (sampling.DEFAULT_STEPS);
         upsampler_strength None takes the upsampler's own (its config; 1 = from pure noise, as Karlo);
-        decoder_guidance_scale None the decoder's own (`default_decoder_guidance`)."""
+        decoder_guidance_scale None the decoder's own (`default_decoder_guidance`). rerank K > 1: K
+        decoder images per output (each from its own prior sample), the one the CLIP stage finds closest
+        to the prompt kept before upsampling (`rerank_images`; K times the prior's and decoder's time)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         decoder_guidance_scale = self.default_decoder_guidance(decoder_guidance_scale)
         _check(prompts, num_images_per_prompt, sampler, output_type)
+        if not isinstance(rerank, int) or not 1 <= rerank <= 16:
+            raise ValueError(f"rerank must be an integer between 1 and 16, got {rerank!r}")
         d = DEFAULT_STEPS[sampler]
         prior_steps = d["prior"] if prior_steps is None else prior_steps
         decoder_steps = d["decoder"] if decoder_steps is None else decoder_steps
@@ -359,7 +365,7 @@ class UnCLIPPipeline:
         if upsampler_strength is not None and not 0 < upsampler_strength <= 1:  # before any stage runs
             raise ValueError(f"upsampler_strength must be in (0, 1], got {upsampler_strength}")
         text, empty = self.encode_prompt(prompts)
-        text = text.repeat(num_images_per_prompt)
+        text = text.repeat(num_images_per_prompt * rerank)  # prompt-major; each output's K candidates in a row
         z_i = self.sample_image_embeds(text, empty, steps=prior_steps, guidance_scale=prior_guidance_scale,
                                        sampler=sampler, best_of=best_of, prior=prior, generator=generator,
                                        progress=progress)
@@ -368,10 +374,24 @@ class UnCLIPPipeline:
         images = self.decoder.sample(z_i, text, empty, steps=decoder_steps, guidance_scale=decoder_guidance_scale,
                                      sampler=sampler, eta=eta, generator=generator,
                                      progress="decoder" if progress else None)
+        if rerank > 1:
+            keep = self.rerank_images(images, text.text_embed, rerank)
+            images, z_i = images[keep], z_i[keep]
         if upsample and self.upsampler is not None:
             images = self.upsampler.sample(images, steps=upsampler_steps, sampler=sampler, strength=upsampler_strength,
                                            generator=generator, progress="upsampler" if progress else None)
         return UnCLIPOutput(to_output(images, output_type), z_i)
+
+    @torch.no_grad()
+    def rerank_images(self, images: torch.Tensor, text_embed: torch.Tensor, k: int) -> torch.Tensor:
+        """CLIP reranking (as DALL·E's): images (B*K, 3, H, W) in [-1, 1], K candidates of each output in a
+        row, and their prompts' z_t (B*K, D) -> indices (B,) of the candidate whose CLIP image embedding
+        has the largest cosine with z_t."""
+        if len(images) % k or len(images) != len(text_embed):
+            raise ValueError(f"{len(images)} images and {len(text_embed)} text embeddings do not make rows of {k}")
+        e = F.normalize(self.encode_image(images).float(), dim=-1)  # (B*K, D)
+        score = (e * F.normalize(text_embed.float(), dim=-1)).sum(-1).view(-1, k)  # (B, K)
+        return torch.arange(len(score)) * k + score.argmax(1)
 
     def clip_guided(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, steps: int = 50,
                     clip_guidance_scale: float = 300.0, cutn: int = 16, condition: str = "caption",

@@ -25,6 +25,7 @@ def register(sub) -> None:
     sv.add_argument("--api-key", help="require this key (default: $UNCLIP_API_KEY; none: open)")
     sv.add_argument("--max-queue", type=_positive(int), default=8, help="jobs waiting before requests get 429")
     sv.add_argument("--max-images", type=_positive(int), default=8, help="images per request")
+    sv.add_argument("--max-rerank", type=_positive(int), default=4, help="`rerank` candidates per image")
     sv.add_argument("--max-steps", type=_positive(int), default=100, help="steps per stage per request")
     sv.add_argument("--max-upload-mb", type=_positive(float), default=8.0, help="largest request body")
     sv.add_argument("--max-pixels", type=_positive(int), default=4096 * 4096, help="largest uploaded image (width × height)")
@@ -50,7 +51,7 @@ def _serve(a) -> int:
     key = a.api_key or os.environ.get("UNCLIP_API_KEY") or None
     if a.host not in ("127.0.0.1", "localhost", "::1") and not key:
         print(f"warning: serving on {a.host} without an API key; anyone who can reach it can use it", file=sys.stderr)
-    limits = Limits(max_queue=a.max_queue, max_images=a.max_images, max_steps=a.max_steps,
+    limits = Limits(max_queue=a.max_queue, max_images=a.max_images, max_rerank=a.max_rerank, max_steps=a.max_steps,
                     max_upload_bytes=int(a.max_upload_mb * 2**20), max_pixels=a.max_pixels)
     serve(a.model, a.host, a.port, key, limits, a.threads, precision=a.precision, allowed_hosts=a.allowed_host)
     return 0

@@ -39,6 +39,7 @@ PAGE = Path(__file__).with_name("page.html")
 class Limits:
     max_queue: int = 8
     max_images: int = 8
+    max_rerank: int = 4  # decoder candidates per image (`rerank`): each multiplies the prior's and decoder's work
     max_steps: int = 100
     max_frames: int = 16
     max_prompt_chars: int = 400
@@ -67,6 +68,7 @@ class GenerateRequest(BaseModel):
     prior_guidance_scale: float = Field(4.0, allow_inf_nan=False)
     decoder_guidance_scale: float | None = Field(None, allow_inf_nan=False)  # None: the model's default
     best_of: int = 2
+    rerank: int = 1
 
 
 class Txt2ImgRequest(BaseModel):
@@ -226,6 +228,7 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         check_sampler(req.sampler)
         check_int("num_images", req.num_images, 1, limits.max_images)
         check_int("best_of", req.best_of, 1, 8)
+        check_int("rerank", req.rerank, 1, limits.max_rerank)
         for f in ("prior_steps", "decoder_steps", "upsampler_steps"):
             check_int(f, getattr(req, f), 1, limits.max_steps)
         check_float("prior_guidance_scale", req.prior_guidance_scale, 0, 100)
@@ -235,7 +238,8 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         d = DEFAULT_STEPS[req.sampler]
         steps = {f"{k}_steps": getattr(req, f"{k}_steps") or d[k] for k in ("prior", "decoder", "upsampler")}
         kw = dict(sampler=req.sampler, prior_guidance_scale=req.prior_guidance_scale,
-                  decoder_guidance_scale=decoder_guidance, best_of=req.best_of, **steps)
+                  decoder_guidance_scale=decoder_guidance, best_of=req.best_of,
+                  **({"rerank": req.rerank} if req.rerank != 1 else {}), **steps)
         params = common(seed, task="generate", prompt=req.prompt, num_images=req.num_images, **kw)
         total = steps["prior_steps"] + steps["decoder_steps"] + upsampler_steps(steps["upsampler_steps"])
         run = lambda p: p(req.prompt, req.num_images, generator=torch.Generator().manual_seed(seed), **kw).images  # noqa: E731
