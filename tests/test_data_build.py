@@ -135,3 +135,18 @@ def test_split_version_2_build(registry, tmp_path):
     train = {build_mod.concept_family(s["concept_label"]) for s in samples if s["split"] == "train"}
     held = {build_mod.concept_family(s["concept_label"]) for s in samples if s["split"] == "heldout_concepts"}
     assert held and not held & train
+
+
+def test_ensure_dataset_builds_the_default_one_only(registry, built_dataset, tmp_path):
+    from unclip.data.build import ensure_dataset
+    from unclip.paths import default_data_dir
+
+    assert ensure_dataset(built_dataset, log=None) == built_dataset  # present: nothing to do (log unused)
+    with pytest.raises(FileNotFoundError, match=r"no dataset at .*missing \(run `unclip data build --out .*missing` first\)"):
+        ensure_dataset(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+    lines = []
+    root = ensure_dataset(default_data_dir(), log=lines.append)  # a fresh machine: the default dataset is built
+    m = json.loads((root / "manifest.json").read_text())
+    assert root == default_data_dir() and m["counts"]["images"] > 0 and set(m["splits"]) >= {"train", "heldout_concepts"}
+    assert lines[0].startswith(f"no dataset at {root}: building")

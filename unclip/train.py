@@ -288,7 +288,11 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
         log("warning: this CPU has no AMX, so bf16 autocast runs slower than fp32 here (and its compiled kernels "
             "gave non-finite gradients on one such CPU); --mixed-precision no is faster")
     torch.manual_seed(cfg.seed)  # the same initial weights in every process and in a 1-process run
-    with acc.main_process_first():  # rank 0 builds packs and embeddings; the others then read them
+    with acc.main_process_first():  # rank 0 builds the dataset, packs and embeddings; the others then read them
+        if task is None:
+            from unclip.data.build import ensure_dataset
+
+            ensure_dataset(cfg.data, log)
         task = task or make_task(cfg)
     model = task.model
     if cfg.train_only:

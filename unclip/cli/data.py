@@ -101,10 +101,12 @@ def _data_show(a) -> int:
 
 def _embed(a) -> int:
     from unclip.conditioning import default_clip_dir, load_clip_dir
+    from unclip.data.build import ensure_dataset
     from unclip.embed import SPLITS, clip_embeddings, image_pack, text_features
 
     clip_dir = a.clip or default_clip_dir()
     clip = load_clip_dir(clip_dir)
+    ensure_dataset(a.data)
     for split in SPLITS:
         images, index = image_pack(a.data, split)
         text = text_features(a.data, split, clip.text_tower)

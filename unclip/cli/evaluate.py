@@ -97,6 +97,7 @@ def register(sub) -> None:
 
 def _eval(a) -> int:
     from unclip.conditioning import load_clip_dir
+    from unclip.data.build import ensure_dataset
     from unclip.evaluate import evaluate, strip
 
     base = None
@@ -112,6 +113,7 @@ def _eval(a) -> int:
         raise ValueError(f"--prior {a.prior} samples no prior: drop --prior-steps, --prior-guidance and --best-of")
     if a.prior == "image" and a.rerank is not None:
         raise ValueError("--prior image decodes each held-out image's own z_i once: drop --rerank")
+    ensure_dataset(a.data)
     pipe, model = load_pipe(a)
     loras = apply_loras(pipe, a.lora)
     judge_dir = find_judge(a.judge)
@@ -175,6 +177,7 @@ def _eval(a) -> int:
 
 def _report(a) -> int:
     from unclip.conditioning import load_clip_dir
+    from unclip.data.build import ensure_dataset
     from unclip.report import SECTIONS, run_report
 
     pipe, model = load_pipe(a)
@@ -193,6 +196,7 @@ def _report(a) -> int:
                                     "run's model/ directory, or a model directory with a decoder)")
         glide = Decoder.load(a.glide_decoder)
         check_glide(pipe, glide)
+    ensure_dataset(a.data)
     run_report(pipe, load_clip_dir(judge_dir), a.data, a.out, n=a.n, seed=a.seed, sections=sections,
                upsample=not a.no_upsample, compare_diffusers=not a.no_diffusers, glide=glide)
     print(f"wrote {Path(a.out) / 'report.md'}")

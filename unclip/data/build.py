@@ -125,6 +125,21 @@ def build(cfg: BuildConfig, log=print) -> dict:
     return manifest
 
 
+def ensure_dataset(path: Path, log=print) -> Path:
+    """The dataset at PATH, built first when PATH is the default one and holds none: on a fresh machine
+    `unclip train ... --resume` and `unclip eval` rebuild what they read (`unclip data build`, ~4 min on
+    2 cores). Any other PATH without a dataset is an error: it may be a typo, and its build options are
+    the user's to choose."""
+    path = Path(path).expanduser()
+    if (path / "manifest.json").exists():
+        return path
+    if path.resolve() != default_data_dir().resolve():
+        raise FileNotFoundError(f"no dataset at {path} (run `unclip data build --out {path}` first)")
+    log(f"no dataset at {path}: building the default emoji dataset first (`unclip data build`)")
+    build(BuildConfig(out=path), log=log)
+    return path
+
+
 def _fetch_all(sources: list[Source], log) -> dict[tuple[str, str], Path]:
     meta = metadata_packages()
     wanted = {(s.package, s.version) for s in sources}
