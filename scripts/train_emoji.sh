@@ -38,8 +38,10 @@ MP=${MP:-$($PY -c 'from unclip.precision import native_bf16; print("bf16" if nat
 # high-noise expert: the shipped decoder fine-tuned on t >= 750 only with the v-ramp parameterization (v above
 # t = 900), 861 steps (356 with half the batch at t >= 750, then all of it; lr 2e-4, EMA 0.998). Its x0 at t = 950
 # from held-out z_i: MSE 0.147 vs the decoder's 0.184 (z_i's 16 nearest training images alone: 0.135).
-# Session 19 trained it on to 1,227 steps (focus_share=1.0; x0-MSE at 950 0.140), sessions 20-21 to 1,927. The
-# expert's export goes to $SHIPPED/decoder_expert with "expert_from": 900 in decoder_config.json (models.attach_expert).
+# Session 19 trained it on to 1,227 steps (focus_share=1.0; x0-MSE at 950 0.140), sessions 20-21 to 1,927.
+# Session 23 trained it on to 3,027 (--init-from $SHIPPED/decoder_expert, 1,100 steps): not shipped, no measurable
+# gain (MODEL_CARD). The expert's export goes to $SHIPPED/decoder_expert with "expert_from": 900 in
+# decoder_config.json (models.attach_expert).
 STAGES=${STAGES:-"data clip embed prior decoder decoder_expert upsampler ar_prior"}
 SHIPPED=unclip/shipped/emoji
 init() { [ -f "$SHIPPED/$1" ] && echo "--init-from $SHIPPED" || true; }
