@@ -293,7 +293,7 @@ def train(cfg: TrainConfig, task=None, log=None) -> dict:
             from unclip.data.build import ensure_dataset
 
             ensure_dataset(cfg.data, log)
-        task = task or make_task(cfg)
+            task = make_task(cfg)
     model = task.model
     if cfg.train_only:
         prefixes = tuple(p.strip() for p in cfg.train_only.split(",") if p.strip())
