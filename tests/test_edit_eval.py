@@ -64,7 +64,7 @@ def test_eval_edits_runs_every_edit_on_a_tiny_model(tiny_model_dir, built_datase
     import unclip
     from unclip.edit_eval import evaluate_edits
 
-    r = evaluate_edits(unclip.load(tiny_model_dir), _judge(), built_dataset, n=4, variations=2, frames=3,
+    r = evaluate_edits(unclip.load(tiny_model_dir), _judge(), built_dataset, n=4, variations_per_image=2, frames=3,
                        thetas=(0.0, 0.5), decoder_steps=2, progress=False)
     assert r["n"] == 4 and len(r["styles"]) >= 2
     v = r["variations"]
@@ -76,8 +76,8 @@ def test_eval_edits_runs_every_edit_on_a_tiny_model(tiny_model_dir, built_datase
     d = r["text_diffs"]["per_theta"]
     assert [m["theta"] for m in d] == [0.0, 0.5] and all(0 <= m["target_style"] <= 1 for m in d)
     for bad, match in (({"n": 1}, "at least 2"), ({"frames": 2}, "at least 3"), ({"thetas": ()}, "thetas"),
-                       ({"variations": 0}, "at least 1"), ({"eta": 1.5}, "eta must be"),
-                       ({"decoder_steps": 0}, "decoder_steps must be")):
+                       ({"variations_per_image": 0}, "at least 1"), ({"eta": 1.5}, "eta must be"),
+                       ({"decoder_steps": 0}, "decoder_steps must be"), ({"sections": ["edits"]}, "sections must be")):
         with pytest.raises(ValueError, match=match):
             evaluate_edits(None, None, built_dataset, **bad)
 
@@ -95,5 +95,10 @@ def test_eval_edits_from_the_cli_prints_json(tiny_model_dir, built_dataset, tmp_
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "variations (1 per image" in out and "crossfade" in out and "text diff theta 0.30" in out
+    assert main(args + ["--inversion", "--eta", "0"]) == 0  # variations from the inverted x_T at η = 0: reconstructions
+    assert "eta 0, from the inverted x_T" in capsys.readouterr().out
+    assert main(args + ["--sections", "text_diffs", "--json"]) == 0  # one section: the same images and noise
+    only = json.loads(capsys.readouterr().out)
+    assert "variations" not in only and "interpolations" not in only and only["text_diffs"] == r["text_diffs"]
     assert main(args[:-2] + ["--frames", "2"]) == 2
     assert "frames must be at least 3" in capsys.readouterr().err

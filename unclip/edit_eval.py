@@ -4,7 +4,8 @@ z_i makes three edits possible (the paper's figures 3-5). Each is judged here on
 heldout_images split: concepts the model has seen, images it has not) by the judge CLIP the generator never
 met (`evaluate`), at the decoder's resolution:
 
-- variations (`UnCLIPPipeline.variations`, k per image, DDIM η = 1 as `unclip vary` unless told): judge cosine to the
+- variations (`UnCLIPPipeline.variations`, k per image, DDIM η = 1 from fresh noise as `unclip vary`, or as
+  told: η, and the image's inverted x_T as `vary --inversion`): judge cosine to the
   source beside the cosine between two unrelated sources (the floor); the source's concept in the
   variation's top-5 concepts and the variation's judged style equal to the source's, beside the sources'
   own; diversity (1 - cos) among one image's variations.
@@ -21,6 +22,7 @@ Styles are judged zero-shot among the dataset's styles (`judged_styles`); the re
 is reported as that classifier's ceiling.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,108 +87,145 @@ def _pt(out) -> torch.Tensor:
     return out.images * 2 - 1  # output_type "pt" is in [0, 1]
 
 
+SECTIONS = ("variations", "interpolations", "text_diffs")
+
+
+@dataclass
+class Sources:
+    """The n held-out images an evaluation edits, and what the judge makes of them."""
+
+    view: JudgeView
+    images: torch.Tensor  # (n, 3, H, W) in [-1, 1]
+    concepts: list[str]
+    labels: list[str]  # the concepts' names
+    styles: list[str]  # every style of the dataset, sorted: the judged styles index it
+    names: dict  # style -> its names (sources.json)
+    true_style: torch.Tensor  # (n,) index into styles
+    judged_style: torch.Tensor  # (n,) the judge's zero-shot style of each source
+    embeds: torch.Tensor  # (n, D) unit judge embeddings
+    real_features: torch.Tensor  # (N, F) judge features of every image of the split (the real manifold)
+
+    def styles_of(self, emb: torch.Tensor, per_source: int) -> torch.Tensor:
+        """Judged styles (len(emb),) of images made per_source at a time from each source, source-major."""
+        return judged_styles(self.view, emb, [l for l in self.labels for _ in range(per_source)], self.styles, self.names)
+
+    def top5(self, emb: torch.Tensor, per_source: int) -> torch.Tensor:
+        """(len(emb),) bool: the source's concept among the judge's top-5 concepts of each image."""
+        return self.view.ranks(emb, [c for c in self.concepts for _ in range(per_source)]) <= 5
+
+
+def load_sources(view: JudgeView, data: Path, n: int, rng: np.random.Generator) -> Sources:
+    from unclip.clip_task import uint8_to_tensor
+    from unclip.embed import image_pack
+
+    names = style_names()
+    styles = _styles_of(data, names)
+    images, idx = image_pack(data, "heldout_images")
+    pick = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
+    real = uint8_to_tensor(np.asarray(images[pick]))
+    labels = [idx["concept_labels"][i] for i in pick]
+    _, emb = view.images(real)
+    return Sources(view, real, [idx["concepts"][i] for i in pick], labels, styles, names,
+                   torch.tensor([styles.index(idx["styles"][i]) for i in pick]),
+                   judged_styles(view, emb, labels, styles, names), emb,
+                   view.images(uint8_to_tensor(np.asarray(images)))[0])
+
+
+def variations(pipe, src: Sources, k: int, eta: float, inversion: bool, seed: int, decoder_steps: int) -> dict:
+    out = _pt(pipe.variations(src.images, k, eta=eta, use_inversion=inversion, decoder_steps=decoder_steps,
+                              upsample=False, output_type="pt", generator=torch.Generator().manual_seed(seed * 1000)))
+    _, emb = src.view.images(out)  # (n·k, D), source-major
+    style = src.styles_of(emb, k)
+    rep = lambda x: x.repeat_interleave(k, 0)  # noqa: E731  (each source once per variation)
+    n = len(src.images)
+    return {"per_image": k, "eta": eta, "inversion": inversion, "cosine": float((emb * rep(src.embeds)).sum(-1).mean()),
+            "top5": float(src.top5(emb, k).float().mean()),
+            "style_kept": float((style == rep(src.judged_style)).float().mean()),
+            "style_true": float((style == rep(src.true_style)).float().mean()),
+            "diversity": float(np.mean([mean_pairwise_distance(emb[i * k:(i + 1) * k]) for i in range(n)]))
+            if k > 1 else None}
+
+
+def interpolations(pipe, src: Sources, frames: int, seed: int, decoder_steps: int) -> dict:
+    """Image i with image i + n/2, beside a pixel cross-fade of the same two."""
+    half, w = len(src.images) // 2, torch.linspace(0, 1, frames)[:, None, None, None]
+    paths, fades = [], []
+    for i in range(half):
+        a, b = src.images[i:i + 1], src.images[i + half:i + half + 1]
+        paths.append(_pt(pipe.interpolate(a, b, frames, decoder_steps=decoder_steps, upsample=False, output_type="pt",
+                                          generator=torch.Generator().manual_seed(seed * 1000 + i))))
+        fades.append((1 - w) * a + w * b)
+    interior = torch.ones(half, frames, dtype=torch.bool)
+    interior[:, [0, -1]] = False
+    interior = interior.flatten()
+    out = {"pairs": half, "frames": frames}
+    for name, seq in (("unclip", paths), ("crossfade", fades)):
+        feats, emb = src.view.images(torch.cat(seq))  # (half·F, ·), pair-major
+        m = [path_metrics(emb[i * frames:(i + 1) * frames], src.embeds[i], src.embeds[i + half]) for i in range(half)]
+        out[name] = {**{key: float(np.mean([r[key] for r in m])) for key in m[0]},
+                     "precision_interior": precision_recall(src.real_features, feats[interior])[0],
+                     "precision_ends": precision_recall(src.real_features, feats[~interior])[0]}
+    return out
+
+
+def text_diffs(pipe, src: Sources, thetas: list[float], targets: list[int], seed: int, decoder_steps: int) -> dict:
+    """Each source from "<concept>, <its style> style" towards the same concept in the style targets[i]."""
+    edits = []
+    for i, label in enumerate(src.labels):
+        say = lambda s: f"{label}, {src.names[src.styles[s]][0]} style"  # noqa: E731
+        edits.append(_pt(pipe.text_diff(src.images[i:i + 1], say(int(src.true_style[i])), say(targets[i]), thetas,
+                                        decoder_steps=decoder_steps, upsample=False, output_type="pt",
+                                        generator=torch.Generator().manual_seed(seed * 1000 + i))))
+    n, T = len(src.images), len(thetas)
+    _, emb = src.view.images(torch.cat(edits))  # (n·T, D), source-major
+    style, top5 = src.styles_of(emb, T).view(n, T), src.top5(emb, T).view(n, T)
+    cos = (emb.view(n, T, -1) * src.embeds[:, None]).sum(-1)  # (n, T)
+    return {"thetas": thetas, "per_theta": [
+        {"theta": th, "target_style": float((style[:, j] == torch.tensor(targets)).float().mean()),
+         "source_style": float((style[:, j] == src.judged_style).float().mean()),
+         "top5": float(top5[:, j].float().mean()), "cosine": float(cos[:, j].mean())} for j, th in enumerate(thetas)]}
+
+
 @torch.no_grad()
-def evaluate_edits(pipe, judge, data: Path, n: int = 16, variations: int = 4, frames: int = 6, thetas=THETAS,
-                   seed: int = 0, decoder_steps: int = 25, eta: float = 1.0, progress: bool = True) -> dict:
-    """Variations, interpolations and text diffs of n held-out images under the judge (module docstring).
-    `judge` may be a JudgeView already built. Decoder images, not upsampled (the judge sees 64 px)."""
+def evaluate_edits(pipe, judge, data: Path, n: int = 16, variations_per_image: int = 4, frames: int = 6,
+                   thetas=THETAS, seed: int = 0, decoder_steps: int = 25, eta: float = 1.0, inversion: bool = False,
+                   sections=SECTIONS, progress: bool = True) -> dict:
+    """Variations, interpolations and text diffs (`sections`, any subset) of n held-out images under the
+    judge (module docstring). `judge` may be a JudgeView already built. Decoder images, not upsampled
+    (the judge sees 64 px). The same n and seed edit the same images with the same noise whatever runs."""
     import time
 
     from tqdm.auto import tqdm
 
-    from unclip.clip_task import uint8_to_tensor
-    from unclip.embed import image_pack
     from unclip.evaluate import judge_view
     from unclip.pipeline import check_ranges
 
     check_ranges(decoder_steps=decoder_steps, eta=eta)  # before the judge's minute of features
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown or not sections:
+        raise ValueError(f"sections must be one or more of {', '.join(SECTIONS)}, got {list(sections)}")
     if n < 2:
         raise ValueError(f"n must be at least 2 (interpolations pair the images), got {n}")
-    if variations < 1:
-        raise ValueError(f"variations must be at least 1, got {variations}")
+    if variations_per_image < 1:
+        raise ValueError(f"variations must be at least 1, got {variations_per_image}")
     if frames < 3:
         raise ValueError(f"frames must be at least 3 (two endpoints and an interior frame), got {frames}")
     thetas = [float(t) for t in thetas]
     if not thetas or not all(0 <= t <= 1 for t in thetas):
         raise ValueError(f"thetas must be one or more values in [0, 1], got {thetas}")
-    view = judge if isinstance(judge, JudgeView) else judge_view(judge, data)
-    names = style_names()
-    styles = _styles_of(data, names)
-    images, idx = image_pack(data, "heldout_images")
     rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
-    n = len(pick)
-    real = uint8_to_tensor(np.asarray(images[pick]))  # (n, 3, H, W) in [-1, 1]
-    concepts = [idx["concepts"][i] for i in pick]
-    labels = [idx["concept_labels"][i] for i in pick]
-    true_style = torch.tensor([styles.index(idx["styles"][i]) for i in pick])
-    f_real_all, _ = view.images(uint8_to_tensor(np.asarray(images)))  # the real manifold for precision
-    _, e_src = view.images(real)  # (n, D)
-    src_style = judged_styles(view, e_src, labels, styles, names)
-    src_rank = view.ranks(e_src, concepts)
-    unrelated = (e_src @ e_src.T)[~torch.eye(n, dtype=torch.bool)]
-    report = {"n": n, "seed": seed, "decoder_steps": decoder_steps, "styles": styles,
-              "sources": {"style_accuracy": float((src_style == true_style).float().mean()),
-                          "top5": float((src_rank <= 5).float().mean()),
-                          "unrelated_cosine": float(unrelated.mean())}}
-    t0, bar = time.perf_counter(), tqdm(total=3, desc="edits", disable=not progress)
-
-    # variations: k per image, image-major
-    k = variations
-    out = _pt(pipe.variations(real, k, eta=eta, decoder_steps=decoder_steps, upsample=False, output_type="pt",
-                              generator=torch.Generator().manual_seed(seed * 1000)))
-    _, e_var = view.images(out)  # (n·k, D)
-    rep = lambda x: x.repeat_interleave(k, 0)  # noqa: E731  (each source once per variation)
-    var_style = judged_styles(view, e_var, [l for l in labels for _ in range(k)], styles, names)
-    report["variations"] = {
-        "per_image": k, "eta": eta,
-        "cosine": float((e_var * rep(e_src)).sum(-1).mean()),
-        "top5": float((view.ranks(e_var, [c for c in concepts for _ in range(k)]) <= 5).float().mean()),
-        "style_kept": float((var_style == rep(src_style)).float().mean()),
-        "style_true": float((var_style == rep(true_style)).float().mean()),
-        "diversity": float(np.mean([mean_pairwise_distance(e_var[i * k:(i + 1) * k]) for i in range(n)])) if k > 1 else None,
-    }
-    bar.update()
-
-    # interpolations: image i with image i + n/2, beside a pixel cross-fade of the same two
-    half, w = n // 2, torch.linspace(0, 1, frames)
-    paths, fades = [], []
-    for i in range(half):
-        a, b = real[i:i + 1], real[i + half:i + half + 1]
-        paths.append(_pt(pipe.interpolate(a, b, frames, decoder_steps=decoder_steps, upsample=False, output_type="pt",
-                                          generator=torch.Generator().manual_seed(seed * 1000 + i))))
-        fades.append((1 - w)[:, None, None, None] * a + w[:, None, None, None] * b)
-    report["interpolations"] = {"pairs": half, "frames": frames}
-    for name, seq in (("unclip", paths), ("crossfade", fades)):
-        feats, embs = view.images(torch.cat(seq))  # (half·F, ·)
-        m = [path_metrics(embs[i * frames:(i + 1) * frames], e_src[i], e_src[i + half]) for i in range(half)]
-        interior = torch.ones(half, frames, dtype=torch.bool)
-        interior[:, [0, -1]] = False
-        report["interpolations"][name] = {
-            **{key: float(np.mean([r[key] for r in m])) for key in m[0]},
-            "precision_interior": precision_recall(f_real_all, feats[interior.flatten()])[0],
-            "precision_ends": precision_recall(f_real_all, feats[~interior.flatten()])[0]}
-    bar.update()
-
-    # text diffs: towards the same concept in another style (drawn per image)
-    targets = [int(rng.choice([s for s in range(len(styles)) if s != int(true_style[i])])) for i in range(n)]
-    edits = []
-    for i in range(n):
-        say = lambda s: f"{labels[i]}, {names[styles[s]][0]} style"  # noqa: E731
-        edits.append(_pt(pipe.text_diff(real[i:i + 1], say(int(true_style[i])), say(targets[i]), thetas,
-                                        decoder_steps=decoder_steps, upsample=False, output_type="pt",
-                                        generator=torch.Generator().manual_seed(seed * 1000 + i))))
-    _, e_edit = view.images(torch.cat(edits))  # (n·T, D), image-major
-    T = len(thetas)
-    edit_style = judged_styles(view, e_edit, [l for l in labels for _ in range(T)], styles, names).view(n, T)
-    edit_rank = view.ranks(e_edit, [c for c in concepts for _ in range(T)]).view(n, T)
-    cos = (e_edit.view(n, T, -1) * e_src[:, None]).sum(-1)  # (n, T)
-    report["text_diffs"] = {"thetas": thetas, "per_theta": [
-        {"theta": th, "target_style": float((edit_style[:, j] == torch.tensor(targets)).float().mean()),
-         "source_style": float((edit_style[:, j] == src_style).float().mean()),
-         "top5": float((edit_rank[:, j] <= 5).float().mean()), "cosine": float(cos[:, j].mean())}
-        for j, th in enumerate(thetas)]}
-    bar.update()
-    bar.close()
+    src = load_sources(judge if isinstance(judge, JudgeView) else judge_view(judge, data), data, n, rng)
+    others = lambda i: [s for s in range(len(src.styles)) if s != int(src.true_style[i])]  # noqa: E731
+    targets = [int(rng.choice(others(i))) for i in range(len(src.images))]  # each text diff's style
+    report = {"n": len(src.images), "seed": seed, "decoder_steps": decoder_steps, "styles": src.styles,
+              "sources": {"style_accuracy": float((src.judged_style == src.true_style).float().mean()),
+                          "top5": float(src.top5(src.embeds, 1).float().mean()),
+                          "unrelated_cosine": float((src.embeds @ src.embeds.T)[~torch.eye(len(src.embeds), dtype=bool)].mean())}}
+    run = {"variations": lambda: variations(pipe, src, variations_per_image, eta, inversion, seed, decoder_steps),
+           "interpolations": lambda: interpolations(pipe, src, frames, seed, decoder_steps),
+           "text_diffs": lambda: text_diffs(pipe, src, thetas, targets, seed, decoder_steps)}
+    t0 = time.perf_counter()
+    for name in tqdm([s for s in SECTIONS if s in sections], desc="edits", disable=not progress):
+        report[name] = run[name]()
     report["seconds"] = time.perf_counter() - t0
     return report

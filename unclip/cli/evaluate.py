@@ -51,10 +51,13 @@ def register(sub) -> None:
                         _eval_edits, 16)
     ee.add_argument("--variations", type=int, default=4, help="variations per image (DDIM η = 1, as `unclip vary`)")
     ee.add_argument("--eta", type=float, default=1.0, help="the variations' DDIM η (0 keeps the most, 1 varies the most)")
+    ee.add_argument("--inversion", action="store_true", help="variations start from the image's inverted x_T (as "
+                    "`vary --inversion`; decoded at guidance 1)")
     ee.add_argument("--frames", type=int, default=6, help="frames per interpolation (image i with image i + n/2)")
     ee.add_argument("--thetas", type=number_list(float), default=[0, 0.1, 0.2, 0.3, 0.4, 0.5],
                     help="the text diffs' slerp amounts (default 0,0.1,0.2,0.3,0.4,0.5)")
     ee.add_argument("--decoder-steps", type=int, default=25)
+    ee.add_argument("--sections", help="comma-separated subset of: variations, interpolations, text_diffs (default: all)")
     ee.add_argument("--json", action="store_true")
 
     rp = judged_command("report", "evaluation + the paper's ablations -> OUT/report.md with plots and grids", _report, 16)
@@ -189,29 +192,33 @@ def _eval(a) -> int:
 def _eval_edits(a) -> int:
     from unclip.conditioning import load_clip_dir
     from unclip.data.build import ensure_dataset
-    from unclip.edit_eval import evaluate_edits
+    from unclip.edit_eval import SECTIONS, evaluate_edits
 
     ensure_dataset(a.data)
     pipe, model = load_pipe(a)
     judge_dir = find_judge(a.judge)
-    r = evaluate_edits(pipe, load_clip_dir(judge_dir), a.data, n=a.n, variations=a.variations, frames=a.frames,
-                       thetas=a.thetas, seed=a.seed, decoder_steps=a.decoder_steps, eta=a.eta)
+    r = evaluate_edits(pipe, load_clip_dir(judge_dir), a.data, n=a.n, variations_per_image=a.variations, frames=a.frames,
+                       thetas=a.thetas, seed=a.seed, decoder_steps=a.decoder_steps, eta=a.eta,
+                       inversion=a.inversion, sections=a.sections.split(",") if a.sections else SECTIONS)
     r["model"], r["judge"] = str(model), str(judge_dir)
     if a.json:
         print(json.dumps(r))
         return 0
-    s, v, i = r["sources"], r["variations"], r["interpolations"]
+    s = r["sources"]
     print(f"{r['n']} held-out images: judged style {s['style_accuracy']:.3f} right among {len(r['styles'])} styles, "
           f"concept top-5 {s['top5']:.3f}; two unrelated sources' cosine {s['unrelated_cosine']:.3f}")
-    div = f"diversity {v['diversity']:.3f}" if v["diversity"] is not None else "no diversity (one per image)"
-    print(f"variations ({v['per_image']} per image, eta {v['eta']:g}): cosine to the source {v['cosine']:.3f}, concept "
-          f"top-5 {v['top5']:.3f}, style kept {v['style_kept']:.3f} (the true style {v['style_true']:.3f}), {div}")
-    for name in ("unclip", "crossfade"):
-        m = i[name]
+    if "variations" in r:
+        v = r["variations"]
+        div = f"diversity {v['diversity']:.3f}" if v["diversity"] is not None else "no diversity (one per image)"
+        start = ", from the inverted x_T" if v["inversion"] else ""
+        print(f"variations ({v['per_image']} per image, eta {v['eta']:g}{start}): cosine to the source {v['cosine']:.3f}, "
+              f"concept top-5 {v['top5']:.3f}, style kept {v['style_kept']:.3f} (the true style {v['style_true']:.3f}), {div}")
+    for name in ("unclip", "crossfade") if "interpolations" in r else ():
+        i, m = r["interpolations"], r["interpolations"][name]
         print(f"interpolations, {name:<9} ({i['pairs']} pairs, {i['frames']} frames): evenness {m['evenness']:.2f} "
               f"(1: even), monotone {m['monotone']:.3f}, endpoints' cosine {m['start_cosine']:.3f} / "
               f"{m['end_cosine']:.3f}, precision interior {m['precision_interior']:.3f} (ends {m['precision_ends']:.3f})")
-    for m in r["text_diffs"]["per_theta"]:
+    for m in r["text_diffs"]["per_theta"] if "text_diffs" in r else ():
         print(f"text diff theta {m['theta']:.2f}: asked style {m['target_style']:.3f}, source style {m['source_style']:.3f}, "
               f"concept top-5 {m['top5']:.3f}, cosine to the source {m['cosine']:.3f}")
     print(f"{r['seconds']:.0f} s")
