@@ -217,10 +217,10 @@ def evaluate_edits(pipe, judge, data: Path, n: int = 16, variations_per_image: i
     src = load_sources(judge if isinstance(judge, JudgeView) else judge_view(judge, data), data, n, rng)
     others = lambda i: [s for s in range(len(src.styles)) if s != int(src.true_style[i])]  # noqa: E731
     targets = [int(rng.choice(others(i))) for i in range(len(src.images))]  # each text diff's style
+    pairs = (src.embeds @ src.embeds.T)[~torch.eye(len(src.embeds), dtype=torch.bool)]  # two different sources
     report = {"n": len(src.images), "seed": seed, "decoder_steps": decoder_steps, "styles": src.styles,
               "sources": {"style_accuracy": float((src.judged_style == src.true_style).float().mean()),
-                          "top5": float(src.top5(src.embeds, 1).float().mean()),
-                          "unrelated_cosine": float((src.embeds @ src.embeds.T)[~torch.eye(len(src.embeds), dtype=bool)].mean())}}
+                          "top5": float(src.top5(src.embeds, 1).float().mean()), "unrelated_cosine": float(pairs.mean())}}
     run = {"variations": lambda: variations(pipe, src, variations_per_image, eta, inversion, seed, decoder_steps),
            "interpolations": lambda: interpolations(pipe, src, frames, seed, decoder_steps),
            "text_diffs": lambda: text_diffs(pipe, src, thetas, targets, seed, decoder_steps)}
