@@ -4,11 +4,11 @@ z_i makes three edits possible (the paper's figures 3-5). Each is judged here on
 heldout_images split: concepts the model has seen, images it has not) by the judge CLIP the generator never
 met (`evaluate`), at the decoder's resolution:
 
-- variations (`UnCLIPPipeline.variations`, k per image, DDIM η = 1 from fresh noise as `unclip vary`, or as
-  told: η, and the image's inverted x_T as `vary --inversion`): judge cosine to the
-  source beside the cosine between two unrelated sources (the floor); the source's concept in the
-  variation's top-5 concepts and the variation's judged style equal to the source's, beside the sources'
-  own; diversity (1 - cos) among one image's variations.
+- variations (`UnCLIPPipeline.variations`, k per image; DDIM η = 1 from fresh noise as `unclip vary`, or
+  another η, or from the image's inverted x_T as `vary --inversion`): judge cosine to the source beside
+  the cosine between two unrelated sources (the floor); the source's concept in the variation's top-5
+  concepts and the variation's judged style equal to the source's, beside the sources' own; diversity
+  (1 - cos) among one image's variations.
 - interpolations (`interpolate`, image i with image i + n/2, F frames, z_i and the inverted x_T slerped):
   evenness, the largest judge step between neighbouring frames over the mean step (1: even; F - 1: all in
   one jump); monotone, the share of steps that move towards the end image (`path_metrics`); the endpoints'
@@ -33,6 +33,7 @@ from unclip.evaluate import JudgeView, mean_pairwise_distance, precision_recall
 
 STYLE_TEMPLATES = ("{label}, {style} style", "a {style} emoji of {label}")  # the captions' own phrasings (data.captions)
 THETAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+SECTIONS = ("variations", "interpolations", "text_diffs")
 
 
 def style_names() -> dict[str, tuple[str, ...]]:
@@ -62,7 +63,8 @@ def judged_styles(view, emb: torch.Tensor, labels: list[str], styles: list[str],
 def path_metrics(frames: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> dict:
     """Unit embeddings of a path's frames (F, D) and of its two sources (D,) -> evenness (largest step
     between neighbouring frames over the mean step, 1 = even), monotone (share of steps along which
-    cos(frame, b) - cos(frame, a) rises; a step that changes nothing does not) and the endpoints' cosine to their sources."""
+    cos(frame, b) - cos(frame, a) rises; a step that changes nothing does not) and the endpoints' cosine
+    to their sources."""
     if len(frames) < 2:
         raise ValueError(f"a path needs at least 2 frames, got {len(frames)}")
     step = 1 - (frames[:-1] * frames[1:]).sum(-1)  # (F - 1,)
@@ -86,8 +88,6 @@ def _styles_of(data: Path, names: dict) -> list[str]:
 def _pt(out) -> torch.Tensor:
     return out.images * 2 - 1  # output_type "pt" is in [0, 1]
 
-
-SECTIONS = ("variations", "interpolations", "text_diffs")
 
 
 @dataclass
