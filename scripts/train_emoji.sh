@@ -34,6 +34,8 @@ MP=${MP:-$($PY -c 'from unclip.precision import native_bf16; print("bf16" if nat
 # this prior (2.772 GFLOP/sample): the matched-compute point of the report's comparison.
 # glide (session 13): a caption-only decoder (--option image_drop=1, GLIDE's caption drop 0.2) for the paper's GLIDE
 # comparison; it starts from the shipped decoder, so it has that decoder's compute and 1,157 steps more (session 13 stopped there)
+# Session 24 trained the decoder 800 steps on t < 900 only (--option focus_from=0 --option focus_to=900 --option
+# focus_share=1.0, lr 1e-4, wsd; out ~/.cache/unclip/runs/decoder-low): held-out loss flat, not shipped (MODEL_CARD).
 # decoder_expert (session 18): the decoder's noisiest steps (t >= 900, the first 2 of its 24 DDIM steps) run a
 # high-noise expert: the shipped decoder fine-tuned on t >= 750 only with the v-ramp parameterization (v above
 # t = 900), 861 steps (356 with half the batch at t >= 750, then all of it; lr 2e-4, EMA 0.998). Its x0 at t = 950
