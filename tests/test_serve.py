@@ -92,6 +92,11 @@ def test_variations_interpolate_and_edit_jobs(server):
     v = httpx.post(server + "/v1/variations", files=files, data={"num_images": "2", "decoder_steps": "2", "seed": "1"})
     assert v.status_code == 202, v.text
     assert len(_wait(server, v.json())["images"]) == 2
+    inv = httpx.post(server + "/v1/variations", files=files, data={"num_images": "1", "decoder_steps": "2", "seed": "1",
+                                                                   "eta": "0.5", "inversion": "true"})
+    done = _wait(server, inv.json())
+    params = httpx.get(f"{server}/v1/jobs/{done['id']}/result").json()["parameters"]
+    assert params["inversion"] is True and params["decoder_guidance_scale"] == 1.0  # from the inverted x_T, at its guidance
     i = httpx.post(server + "/v1/interpolate", data={"prompt_a": "rocket", "prompt_b": "pizza", "frames": "3",
                                                      "decoder_steps": "2"})
     assert len(_wait(server, i.json())["images"]) == 3

@@ -247,21 +247,24 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
 
     @app.post("/v1/variations", status_code=202, dependencies=[Depends(auth)])
     async def variations(image: UploadFile = File(...), num_images: int = Form(4), seed: int | None = Form(None),
-                         eta: float = Form(1.0), decoder_steps: int = Form(25), decoder_guidance_scale: float | None = Form(None)):
+                         eta: float = Form(1.0), decoder_steps: int = Form(25), decoder_guidance_scale: float | None = Form(None),
+                         inversion: bool = Form(False)):
         import torch
 
         check_int("num_images", num_images, 1, limits.max_images)
         check_int("decoder_steps", decoder_steps, 1, limits.max_steps)
         check_float("eta", eta, 0, 1)
-        decoder_guidance_scale = pipe.default_decoder_guidance(decoder_guidance_scale)  # None: the model's own
+        # None: the model's own, or 1 when decoding the image's inverted x_T (as `unclip vary --inversion`)
+        decoder_guidance_scale = pipe.default_decoder_guidance(decoder_guidance_scale, inverted=inversion)
         check_float("decoder_guidance_scale", decoder_guidance_scale, 0, 100)
         im, seed = await read_image("image", image), seed_of(seed)
         params = common(seed, task="variations", eta=eta, decoder_steps=decoder_steps,
-                        decoder_guidance_scale=decoder_guidance_scale)
-        run = lambda p: p.variations(im, num_images, eta=eta, decoder_steps=decoder_steps,  # noqa: E731
-                                     decoder_guidance_scale=decoder_guidance_scale,
+                        decoder_guidance_scale=decoder_guidance_scale, **({"inversion": True} if inversion else {}))
+        run = lambda p: p.variations(im, num_images, eta=eta, use_inversion=inversion,  # noqa: E731
+                                     decoder_steps=decoder_steps, decoder_guidance_scale=decoder_guidance_scale,
                                      generator=torch.Generator().manual_seed(seed)).images
-        return submit(Job("variations", run, params, decoder_steps + upsampler_steps()))
+        work = decoder_steps * (2 if inversion else 1) + upsampler_steps()  # the inversion runs the decoder's steps too
+        return submit(Job("variations", run, params, work))
 
     @app.post("/v1/interpolate", status_code=202, dependencies=[Depends(auth)])
     async def interpolate(image_a: UploadFile | None = File(None), image_b: UploadFile | None = File(None),
