@@ -280,6 +280,9 @@ def test_the_page_generates_in_a_real_browser(server, tmp_path):
         assert "done" in page.inner_text("#status")
         page.click("#gallery figure:first-child button[data-act=vary]")
         page.wait_for_function("document.querySelectorAll('#gallery figure img').length === 6", timeout=60_000)
+        page.click("#gallery figure:first-child button[data-act=close]")  # from the inverted x_T, eta 0.5
+        page.wait_for_function("document.querySelectorAll('#gallery figure img').length === 10", timeout=60_000)
+        assert "close variations: done" in page.inner_text("#status")
         page.screenshot(path=str(tmp_path / "page.png"))
         browser.close()
     assert (tmp_path / "page.png").stat().st_size > 1000
