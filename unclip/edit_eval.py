@@ -89,7 +89,6 @@ def _pt(out) -> torch.Tensor:
     return out.images * 2 - 1  # output_type "pt" is in [0, 1]
 
 
-
 @dataclass
 class Sources:
     """The n held-out images an evaluation edits, and what the judge makes of them."""
@@ -115,6 +114,7 @@ class Sources:
 
 
 def load_sources(view: JudgeView, data: Path, n: int, rng: np.random.Generator) -> Sources:
+    """n held-out images drawn by `rng` (sorted rows of the split), their judged styles and embeddings."""
     from unclip.clip_task import uint8_to_tensor
     from unclip.embed import image_pack
 
@@ -132,6 +132,7 @@ def load_sources(view: JudgeView, data: Path, n: int, rng: np.random.Generator) 
 
 
 def variations(pipe, src: Sources, k: int, eta: float, inversion: bool, seed: int, decoder_steps: int) -> dict:
+    """k variations of each source (fresh noise, or its inverted x_T), judged against their source."""
     out = _pt(pipe.variations(src.images, k, eta=eta, use_inversion=inversion, decoder_steps=decoder_steps,
                               upsample=False, output_type="pt", generator=torch.Generator().manual_seed(seed * 1000)))
     _, emb = src.view.images(out)  # (n·k, D), source-major
