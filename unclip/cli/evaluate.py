@@ -49,12 +49,12 @@ def register(sub) -> None:
 
     ee = judged_command("eval-edits", "variations, interpolations and text diffs of held-out images under the judge",
                         _eval_edits, 16)
-    ee.add_argument("--variations", type=int, default=4, help="variations per image (DDIM η = 1, as `unclip vary`)")
+    ee.add_argument("--variations", type=int, default=4, help="variations per image (as `unclip vary`)")
     ee.add_argument("--eta", type=float, default=1.0, help="the variations' DDIM η (0 keeps the most, 1 varies the most)")
     ee.add_argument("--inversion", action="store_true", help="variations start from the image's inverted x_T (as "
                     "`vary --inversion`; decoded at guidance 1)")
     ee.add_argument("--frames", type=int, default=6, help="frames per interpolation (image i with image i + n/2)")
-    ee.add_argument("--thetas", type=number_list(float), default=[0, 0.1, 0.2, 0.3, 0.4, 0.5],
+    ee.add_argument("--thetas", type=number_list(float), default=[0, 0.1, 0.2, 0.3, 0.4, 0.5],  # edit_eval.THETAS
                     help="the text diffs' slerp amounts (default 0,0.1,0.2,0.3,0.4,0.5)")
     ee.add_argument("--decoder-steps", type=int, default=25)
     ee.add_argument("--sections", help="comma-separated subset of: variations, interpolations, text_diffs (default: all)")
