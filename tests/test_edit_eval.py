@@ -61,8 +61,12 @@ def test_path_metrics_tell_an_even_path_from_a_jump():
 
 
 def test_eval_edits_runs_every_edit_on_a_tiny_model(tiny_model_dir, built_dataset):
+    import copy
+
+    import numpy as np
+
     import unclip
-    from unclip.edit_eval import evaluate_edits
+    from unclip.edit_eval import evaluate_edits, paired_edits
 
     r = evaluate_edits(unclip.load(tiny_model_dir), _judge(), built_dataset, n=4, variations_per_image=2, frames=3,
                        thetas=(0.0, 0.5), decoder_steps=2, progress=False)
@@ -75,6 +79,21 @@ def test_eval_edits_runs_every_edit_on_a_tiny_model(tiny_model_dir, built_datase
     assert fade["start_cosine"] == pytest.approx(1.0, abs=1e-5) and fade["end_cosine"] == pytest.approx(1.0, abs=1e-5)
     d = r["text_diffs"]["per_theta"]
     assert [m["theta"] for m in d] == [0.0, 0.5] and all(0 <= m["target_style"] <= 1 for m in d)
+    assert len(v["values"]["cosine"]) == 4 and np.mean(v["values"]["cosine"]) == pytest.approx(v["cosine"], abs=1e-6)
+    assert len(i["unclip"]["values"]["evenness"]) == 2 and d[1]["values"]["top5"] and len(d[1]["values"]["cosine"]) == 4
+    same = paired_edits(r, r)  # a report against itself: every difference 0
+    assert all(x["mean"] == 0 and x["ci95"] == [0, 0] for sec in ("variations", "interpolations") for x in same[sec].values())
+    assert set(same["text_diffs"]) == {"0.0", "0.5"}
+    shifted = copy.deepcopy(r)
+    shifted["variations"]["values"]["cosine"] = [c + 0.1 for c in r["variations"]["values"]["cosine"]]
+    up = paired_edits(r, shifted)["variations"]["cosine"]
+    assert up["mean"] == pytest.approx(0.1) and up["ci95"][0] == pytest.approx(0.1) and up["ci95"][1] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="same images and noise"):
+        paired_edits(r, {**r, "n": 8})
+    bare = copy.deepcopy(r)
+    del bare["variations"]["values"]
+    with pytest.raises(ValueError, match="per-image values"):
+        paired_edits(bare, r)
     for bad, match in (({"n": 1}, "at least 2"), ({"frames": 2}, "at least 3"), ({"thetas": ()}, "thetas"),
                        ({"variations_per_image": 0}, "at least 1"), ({"eta": 1.5}, "eta must be"),
                        ({"decoder_steps": 0}, "decoder_steps must be"), ({"sections": ["edits"]}, "sections must be")):
@@ -95,6 +114,12 @@ def test_eval_edits_from_the_cli_prints_json(tiny_model_dir, built_dataset, tmp_
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "variations (1 per image" in out and "crossfade" in out and "text diff theta 0.30" in out
+    (tmp_path / "base.json").write_text(json.dumps(r))
+    assert main(args + ["--paired-with", str(tmp_path / "base.json")]) == 0  # the same model: differences 0
+    assert "variations minus base.json, same images: cosine +0.0000 [+0.0000, +0.0000]" in capsys.readouterr().out
+    (tmp_path / "eval.json").write_text(json.dumps({"splits": {}}))  # an `unclip eval` report, not this command's
+    assert main(args + ["--paired-with", str(tmp_path / "eval.json")]) == 2
+    assert "not an `unclip eval-edits --json` report" in capsys.readouterr().err
     assert main(args + ["--inversion", "--eta", "0"]) == 0  # variations from the inverted x_T at η = 0: reconstructions
     assert "eta 0, from the inverted x_T" in capsys.readouterr().out
     assert main(args + ["--sections", "text_diffs", "--json"]) == 0  # one section: the same images and noise

@@ -139,12 +139,13 @@ def variations(pipe, src: Sources, k: int, eta: float, inversion: bool, seed: in
     style = src.styles_of(emb, k)
     rep = lambda x: x.repeat_interleave(k, 0)  # noqa: E731  (each source once per variation)
     n = len(src.images)
-    return {"per_image": k, "eta": eta, "inversion": inversion, "cosine": float((emb * rep(src.embeds)).sum(-1).mean()),
-            "top5": float(src.top5(emb, k).float().mean()),
-            "style_kept": float((style == rep(src.judged_style)).float().mean()),
+    per = {"cosine": (emb * rep(src.embeds)).sum(-1), "top5": src.top5(emb, k).float(),  # (n·k,) each
+           "style_kept": (style == rep(src.judged_style)).float()}
+    return {"per_image": k, "eta": eta, "inversion": inversion, **{m: float(v.mean()) for m, v in per.items()},
             "style_true": float((style == rep(src.true_style)).float().mean()),
             "diversity": float(np.mean([mean_pairwise_distance(emb[i * k:(i + 1) * k]) for i in range(n)]))
-            if k > 1 else None}
+            if k > 1 else None,
+            "values": {m: v.view(n, k).mean(1).tolist() for m, v in per.items()}}  # per source, for `paired_edits`
 
 
 def interpolations(pipe, src: Sources, frames: int, seed: int, decoder_steps: int) -> dict:
@@ -165,7 +166,8 @@ def interpolations(pipe, src: Sources, frames: int, seed: int, decoder_steps: in
         m = [path_metrics(emb[i * frames:(i + 1) * frames], src.embeds[i], src.embeds[i + half]) for i in range(half)]
         out[name] = {**{key: float(np.mean([r[key] for r in m])) for key in m[0]},
                      "precision_interior": precision_recall(src.real_features, feats[interior])[0],
-                     "precision_ends": precision_recall(src.real_features, feats[~interior])[0]}
+                     "precision_ends": precision_recall(src.real_features, feats[~interior])[0],
+                     "values": {key: [r[key] for r in m] for key in ("evenness", "monotone")}}  # per pair
     return out
 
 
@@ -181,10 +183,45 @@ def text_diffs(pipe, src: Sources, thetas: list[float], targets: list[int], seed
     _, emb = src.view.images(torch.cat(edits))  # (n·T, D), source-major
     style, top5 = src.styles_of(emb, T).view(n, T), src.top5(emb, T).view(n, T)
     cos = (emb.view(n, T, -1) * src.embeds[:, None]).sum(-1)  # (n, T)
+    per = {"target_style": (style == torch.tensor(targets)[:, None]).float(), "top5": top5.float(), "cosine": cos}
     return {"thetas": thetas, "per_theta": [
-        {"theta": th, "target_style": float((style[:, j] == torch.tensor(targets)).float().mean()),
+        {"theta": th, **{m: float(v[:, j].mean()) for m, v in per.items()},
          "source_style": float((style[:, j] == src.judged_style).float().mean()),
-         "top5": float(top5[:, j].float().mean()), "cosine": float(cos[:, j].mean())} for j, th in enumerate(thetas)]}
+         "values": {m: v[:, j].tolist() for m, v in per.items()}} for j, th in enumerate(thetas)]}  # per source
+
+
+def paired_edits(base: dict, new: dict, resamples: int = 2000, seed: int = 0) -> dict:
+    """New minus base over the same images (two `evaluate_edits` reports of the same n and seed), per
+    section and measure: the mean difference and a 95% bootstrap interval over images (pairs for the
+    interpolations), as `evaluate.paired` does over prompts."""
+    if base.get("seed") != new.get("seed") or base.get("n") != new.get("n"):
+        raise ValueError(f"the reports were made with other seeds or n (seed {base.get('seed')} vs {new.get('seed')}, "
+                         f"n {base.get('n')} vs {new.get('n')}): a paired comparison needs the same images and noise")
+    rng = np.random.default_rng(seed)
+
+    def diff(a: dict, b: dict) -> dict:
+        if "values" not in a or "values" not in b:
+            raise ValueError("a report has no per-image values (made before they were recorded): rerun "
+                             "`unclip eval-edits --json` for it")
+        out = {}
+        for m, v in b["values"].items():
+            d = np.asarray(v) - np.asarray(a["values"][m])  # (images,)
+            means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(1)
+            out[m] = {"mean": float(d.mean()), "ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]}
+        return out
+
+    out = {}
+    if "variations" in base and "variations" in new:
+        out["variations"] = diff(base["variations"], new["variations"])
+    if "interpolations" in base and "interpolations" in new:
+        out["interpolations"] = diff(base["interpolations"]["unclip"], new["interpolations"]["unclip"])
+    if "text_diffs" in base and "text_diffs" in new:
+        old = {m["theta"]: m for m in base["text_diffs"]["per_theta"]}
+        out["text_diffs"] = {str(m["theta"]): diff(old[m["theta"]], m) for m in new["text_diffs"]["per_theta"]
+                             if m["theta"] in old}
+    if not out:
+        raise ValueError("the two reports share no section to compare")
+    return out
 
 
 @torch.no_grad()

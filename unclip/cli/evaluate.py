@@ -58,6 +58,8 @@ def register(sub) -> None:
                     help="the text diffs' slerp amounts (default 0,0.1,0.2,0.3,0.4,0.5)")
     ee.add_argument("--decoder-steps", type=int, default=25)
     ee.add_argument("--sections", help="comma-separated subset of: variations, interpolations, text_diffs (default: all)")
+    ee.add_argument("--paired-with", type=Path, metavar="BASE.json",
+                    help="also compare, image by image, with an earlier `eval-edits --json` report of the same n and seed")
     ee.add_argument("--json", action="store_true")
 
     rp = judged_command("report", "evaluation + the paper's ablations -> OUT/report.md with plots and grids", _report, 16)
@@ -109,19 +111,24 @@ def register(sub) -> None:
     bs.set_defaults(fn=_bench_serve)
 
 
+def _read_report(path: Path, command: str) -> dict:
+    """--paired-with: an earlier `unclip COMMAND --json` report, with a clear error when it is not one."""
+    try:
+        base = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--paired-with {path}: not a readable `unclip {command} --json` report ({e})") from e
+    key = "splits" if command == "eval" else "sources"
+    if not isinstance(base, dict) or key not in base:
+        raise ValueError(f"--paired-with {path}: not an `unclip {command} --json` report (no {key})")
+    return base
+
+
 def _eval(a) -> int:
     from unclip.conditioning import load_clip_dir
     from unclip.data.build import ensure_dataset
     from unclip.evaluate import evaluate, strip
 
-    base = None
-    if a.paired_with is not None:
-        try:
-            base = json.loads(Path(a.paired_with).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"--paired-with {a.paired_with}: not a readable `unclip eval --json` report ({e})") from e
-        if not isinstance(base, dict) or "splits" not in base:
-            raise ValueError(f"--paired-with {a.paired_with}: not an `unclip eval --json` report (no splits)")
+    base = _read_report(a.paired_with, "eval") if a.paired_with is not None else None
     if a.prior in ("image", "text", "none") and (a.prior_steps is not None or a.prior_guidance is not None
                                                  or a.best_of is not None):
         raise ValueError(f"--prior {a.prior} samples no prior: drop --prior-steps, --prior-guidance and --best-of")
@@ -192,8 +199,9 @@ def _eval(a) -> int:
 def _eval_edits(a) -> int:
     from unclip.conditioning import load_clip_dir
     from unclip.data.build import ensure_dataset
-    from unclip.edit_eval import SECTIONS, evaluate_edits
+    from unclip.edit_eval import SECTIONS, evaluate_edits, paired_edits
 
+    base = _read_report(a.paired_with, "eval-edits") if a.paired_with is not None else None
     ensure_dataset(a.data)
     pipe, model = load_pipe(a)
     judge_dir = find_judge(a.judge)
@@ -201,6 +209,8 @@ def _eval_edits(a) -> int:
                        thetas=a.thetas, seed=a.seed, decoder_steps=a.decoder_steps, eta=a.eta,
                        inversion=a.inversion, sections=a.sections.split(",") if a.sections else SECTIONS)
     r["model"], r["judge"] = str(model), str(judge_dir)
+    if base is not None:
+        r["paired_with"] = {"report": str(a.paired_with), "model": base.get("model"), "sections": paired_edits(base, r)}
     if a.json:
         print(json.dumps(r))
         return 0
@@ -221,6 +231,12 @@ def _eval_edits(a) -> int:
     for m in r["text_diffs"]["per_theta"] if "text_diffs" in r else ():
         print(f"text diff theta {m['theta']:.2f}: asked style {m['target_style']:.3f}, source style {m['source_style']:.3f}, "
               f"concept top-5 {m['top5']:.3f}, cosine to the source {m['cosine']:.3f}")
+    for section, m in r.get("paired_with", {}).get("sections", {}).items():
+        groups = m.items() if section == "text_diffs" else [("", m)]
+        for theta, mm in groups:
+            where = f"{section}{' theta ' + theta if theta else ''}"
+            print(f"{where} minus {a.paired_with.name}, same images: " + ", ".join(
+                f"{k} {v['mean']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]" for k, v in mm.items()))
     print(f"{r['seconds']:.0f} s")
     return 0
 
