@@ -45,7 +45,7 @@ def test_path_metrics_tell_an_even_path_from_a_jump():
     from unclip.edit_eval import path_metrics
     from unclip.pipeline import slerp
 
-    a, b = F.normalize(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), dim=-1), None
+    a = F.normalize(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
     b = F.normalize(torch.randn(1, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
     even = torch.cat([slerp(a, b, float(t)) for t in torch.linspace(0, 1, 6)])
     m = path_metrics(even, a[0], b[0])

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unclip.evaluate import JudgeView, mean_pairwise_distance, precision_recall
+from unclip.evaluate import JudgeView, check_same_draw, mean_interval, mean_pairwise_distance, precision_recall
 
 STYLE_TEMPLATES = ("{label}, {style} style", "a {style} emoji of {label}")  # the captions' own phrasings (data.captions)
 THETAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -122,13 +122,12 @@ def load_sources(view: JudgeView, data: Path, n: int, rng: np.random.Generator) 
     styles = _styles_of(data, names)
     images, idx = image_pack(data, "heldout_images")
     pick = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
-    real = uint8_to_tensor(np.asarray(images[pick]))
-    labels = [idx["concept_labels"][i] for i in pick]
-    _, emb = view.images(real)
-    return Sources(view, real, [idx["concepts"][i] for i in pick], labels, styles, names,
+    real = uint8_to_tensor(np.asarray(images))  # every image of the split: the real manifold
+    features, emb_all = view.images(real)
+    emb, labels = emb_all[torch.from_numpy(pick)], [idx["concept_labels"][i] for i in pick]  # the picked sources
+    return Sources(view, real[torch.from_numpy(pick)], [idx["concepts"][i] for i in pick], labels, styles, names,
                    torch.tensor([styles.index(idx["styles"][i]) for i in pick]),
-                   judged_styles(view, emb, labels, styles, names), emb,
-                   view.images(uint8_to_tensor(np.asarray(images)))[0])
+                   judged_styles(view, emb, labels, styles, names), emb, features)
 
 
 def variations(pipe, src: Sources, k: int, eta: float, inversion: bool, seed: int, decoder_steps: int) -> dict:
@@ -194,9 +193,7 @@ def paired_edits(base: dict, new: dict, resamples: int = 2000, seed: int = 0) ->
     """New minus base over the same images (two `evaluate_edits` reports of the same n and seed), per
     section and measure: the mean difference and a 95% bootstrap interval over images (pairs for the
     interpolations), as `evaluate.paired` does over prompts."""
-    if base.get("seed") != new.get("seed") or base.get("n") != new.get("n"):
-        raise ValueError(f"the reports were made with other seeds or n (seed {base.get('seed')} vs {new.get('seed')}, "
-                         f"n {base.get('n')} vs {new.get('n')}): a paired comparison needs the same images and noise")
+    check_same_draw(base, new, "images")
     rng = np.random.default_rng(seed)
 
     def diff(a: dict, b: dict) -> dict:
@@ -206,8 +203,7 @@ def paired_edits(base: dict, new: dict, resamples: int = 2000, seed: int = 0) ->
         out = {}
         for m, v in b["values"].items():
             d = np.asarray(v) - np.asarray(a["values"][m])  # (images,)
-            means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(1)
-            out[m] = {"mean": float(d.mean()), "ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]}
+            out[m] = mean_interval(d, d[rng.integers(0, len(d), size=(resamples, len(d)))])
         return out
 
     out = {}

@@ -355,9 +355,7 @@ def paired(base: dict, new: dict, resamples: int = 2000, seed: int = 0) -> dict:
     """Per split and metric, new minus base over the same prompts (and seeds): the mean difference and a
     95% bootstrap interval over prompts. Pairing removes the prompt-to-prompt spread that two separate
     confidence intervals carry, so it can tell two close models apart at a small n."""
-    if base.get("seed") != new.get("seed") or base.get("n") != new.get("n"):
-        raise ValueError(f"the reports were made with other seeds or n (seed {base.get('seed')} vs {new.get('seed')}, "
-                         f"n {base.get('n')} vs {new.get('n')}): a paired comparison needs the same prompts and noise")
+    check_same_draw(base, new, "prompts")
     rng, out = np.random.default_rng(seed), {}
     for split, m in new["splits"].items():
         if split not in base["splits"]:
@@ -377,10 +375,22 @@ def paired(base: dict, new: dict, resamples: int = 2000, seed: int = 0) -> dict:
         for name, values in PAIRED.items():
             d = values(b) - values(a)  # (N,)
             for suffix, (rows, boot) in groups.items():
-                means = d[boot].mean(1)
-                out[split][name + suffix] = {"mean": float(d[rows].mean()),
-                                             "ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]}
+                out[split][name + suffix] = mean_interval(d[rows], d[boot])
     return out
+
+
+def check_same_draw(base: dict, new: dict, what: str) -> None:
+    """Two reports to pair were made with the same seed and n (the same `what` and noise), else a clear error."""
+    if base.get("seed") != new.get("seed") or base.get("n") != new.get("n"):
+        raise ValueError(f"the reports were made with other seeds or n (seed {base.get('seed')} vs {new.get('seed')}, "
+                         f"n {base.get('n')} vs {new.get('n')}): a paired comparison needs the same {what} and noise")
+
+
+def mean_interval(d: np.ndarray, resampled: np.ndarray) -> dict:
+    """Paired differences d (N,) and bootstrap resamples of them (R, N) -> their mean and the 95% interval
+    of the resampled means."""
+    means = resampled.mean(1)
+    return {"mean": float(d.mean()), "ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]}
 
 
 def strip(report: dict) -> dict:
