@@ -82,6 +82,10 @@ def test_generate_with_a_guidance_interval_or_rerank_records_it_and_checks_it(ti
     assert "decoder_guidance_interval" not in json.loads(a.text["parameters"]) and "rerank" not in a.text["parameters"]
     assert main(args + ["--rerank", "3", "--out", str(tmp_path / "r.png")]) == 0
     assert json.loads(Image.open(tmp_path / "r.png").text["parameters"])["rerank"] == 3
+    assert main(args + ["--rerank", "2", "--rerank-at", "1", "--out", str(tmp_path / "e.png")]) == 0
+    assert json.loads(Image.open(tmp_path / "e.png").text["parameters"])["rerank_at"] == 1
+    assert main(args + ["--rerank-at", "1", "--out", str(tmp_path / "f.png")]) == 2  # no candidates to compare
+    assert not (tmp_path / "f.png").exists()
     assert a.tobytes() != b.tobytes()  # DDIM 3 steps: t = 999, 666, 333; the first is unguided in b
     for bad in ("700,300", "0,1000", "5", "a,b"):
         r = subprocess.run([sys.executable, "-m", "unclip", *args, "--decoder-guidance-interval", bad, "--out",

@@ -302,6 +302,8 @@ def test_eval_from_the_cli_prints_both_splits(tiny_model_dir, built_dataset, tmp
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["generate"]["best_of"] == 3
     assert main(args[:3] + ["--rerank", "2"] + args[3:] + ["--json"]) == 0  # two decoder images per prompt, one kept
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["generate"]["rerank"] == 2
+    assert main(args[:3] + ["--rerank", "2", "--rerank-at", "1"] + args[3:] + ["--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["generate"]["rerank_at"] == 1
     assert main(args[:5] + ["--prior", "image", "--rerank", "2"]) == 2
     assert "--prior image decodes each held-out image's own z_i once: drop --rerank" in capsys.readouterr().err
     assert main(args[:3] + ["--best-of", "3", "--prior", "image"] + args[3:]) == 2

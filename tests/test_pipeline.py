@@ -119,6 +119,31 @@ def test_rerank_keeps_the_decoder_image_closest_to_the_prompt_in_clip(pipe):
         pipe.rerank_images(cand.images[:4], z_t[:4], 3)
 
 
+def test_rerank_at_an_early_step_goes_on_with_the_chosen_candidates_only(pipe):
+    """rerank_at s: candidates compared on the x0 the decoder predicts at step s; the kept ones then finish
+    as they would have in the whole batch. At the last step x0 is the finished image: plain reranking."""
+    prompts, kw = ["pizza", "rocket"], dict(prior_steps=2, decoder_steps=3, upsample=False, output_type="pt")
+    cand = pipe(prompts, 6, generator=_gen(3), **kw)
+    full = pipe(prompts, 2, rerank=3, generator=_gen(3), **kw)
+    last = pipe(prompts, 2, rerank=3, rerank_at=3, generator=_gen(3), **kw)
+    torch.testing.assert_close(last.images, full.images, rtol=0, atol=0)
+    chosen, rerank_images = [], pipe.rerank_images
+    pipe.rerank_images = lambda *a: chosen.append(rerank_images(*a)) or chosen[-1]
+    try:
+        early = pipe(prompts, 2, rerank=3, rerank_at=1, generator=_gen(3), **kw)
+    finally:
+        del pipe.rerank_images
+    keep = chosen[0]
+    assert len(chosen) == 1 and early.images.shape == (4, 3, 16, 16)
+    assert ((keep // 3) == torch.arange(4)).all()  # each output's own candidates
+    torch.testing.assert_close(early.image_embeds, cand.image_embeds[keep], rtol=0, atol=0)
+    torch.testing.assert_close(early.images, cand.images[keep], rtol=0, atol=1e-5)
+    for bad in ({"rerank_at": 1}, {"rerank": 2, "rerank_at": 0}, {"rerank": 2, "rerank_at": 1.5}):
+        with pytest.raises(ValueError, match="rerank_at is a decoder step"):
+            pipe("pizza", **bad, **kw)
+    with pytest.raises(ValueError, match="rerank_at 4 is past the decoder's 3 steps"):
+        pipe("pizza", rerank=2, rerank_at=4, **kw)
+
 def test_the_ablation_priors_text_and_none(pipe):
     kw = dict(decoder_steps=2, upsample=False, output_type="pt")
     text, empty = pipe.encode_prompt(["pizza"])
@@ -472,3 +497,38 @@ def test_decoder_guidance_none_takes_the_models_own_everywhere(pipe):
             assert not torch.equal(call(None), call(8.0))
     finally:
         pipe.decoder.config.guidance_scale = old
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++", "ddpm"])
+def test_pruning_rows_mid_run_equals_running_those_rows_alone(sampler):
+    """sampling.Prune: `choose` sees the clean images each row's output implies at that step; the rows it
+    keeps then go on exactly as if they had been sampled alone (DPM-Solver++'s stored outputs cut with
+    them); DDPM draws fresh noise per row, so there only the shapes and the x0 seen are checked."""
+    from unclip.sampling import Prune, make_scheduler, sample
+
+    x0 = torch.rand(4, 3, 8, 8, generator=_gen(1)) * 1.6 - 0.8
+    ac = make_scheduler(sampler, "epsilon", 1.0).alphas_cumprod
+
+    def oracle_for(rows):
+        err = 0.05 * torch.randn(4, 3, 8, 8, generator=_gen(2))[rows]  # wrong, so the history matters
+
+        def eps(x, t):
+            return (x - ac[t].sqrt() * x0[rows]) / (1 - ac[t]).sqrt() + err
+        return eps
+
+    x_T, keep, seen = torch.randn(4, 3, 8, 8, generator=_gen()), torch.tensor([2, 0]), []
+
+    def choose(x0_pred):
+        seen.append(x0_pred)
+        return keep
+
+    every = torch.arange(4)
+    pruned = sample(oracle_for(every), x_T, make_scheduler(sampler, "epsilon", 1.0), 8, _gen(),
+                    prune=Prune(3, choose, oracle_for))
+    alone = sample(oracle_for(keep), x_T[keep], make_scheduler(sampler, "epsilon", 1.0), 8, _gen())
+    assert pruned.shape == (2, 3, 8, 8) and len(seen) == 1 and seen[0].shape == (4, 3, 8, 8)
+    assert (seen[0] - x0).abs().mean() < 0.1 < (x_T.clamp(-1, 1) - x0).abs().mean()  # the data, not the noise
+    if sampler != "ddpm":
+        torch.testing.assert_close(pruned, alone, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="cannot choose rows after step 9: this sampling runs 8 steps"):
+        sample(oracle_for(every), x_T, make_scheduler(sampler, "epsilon", 1.0), 8, prune=Prune(9, choose, oracle_for))

@@ -82,6 +82,9 @@ def test_generate_job_png_with_parameters_and_base64_result(server):
     assert base64.b64decode(result["images"][0]) == png.content
     again = _wait(server, httpx.post(server + "/v1/generate", json=GEN).json())  # same seed: same bytes
     assert httpx.get(server + again["images"][0]).content == png.content
+    early = _wait(server, httpx.post(server + "/v1/generate", json={**GEN, "rerank": 2, "rerank_at": 1}).json())
+    params = httpx.get(f"{server}/v1/jobs/{early['id']}/result").json()["parameters"]
+    assert early["status"] == "done" and len(early["images"]) == 2 and (params["rerank"], params["rerank_at"]) == (2, 1)
 
 
 def test_variations_interpolate_and_edit_jobs(server):
@@ -136,6 +139,8 @@ def test_automatic1111_txt2img_progress_and_samplers(server):
     ({**GEN, "prompt": "x" * 401}, "at most 400"), ({**GEN, "decoder_guidance_scale": -1}, "decoder_guidance_scale"),
     ({**GEN, "bogus": 1}, "bogus"), ({**GEN, "num_images": "many"}, "num_images"),
     ({**GEN, "rerank": 5}, "rerank: must be between 1 and 4"),
+    ({**GEN, "rerank_at": 1}, "rerank_at: compares rerank candidates"),
+    ({**GEN, "rerank": 2, "rerank_at": 3}, "rerank_at: must be between 1 and 2"),
 ])
 def test_bad_requests_are_422_naming_the_field(server, body, field):
     r = httpx.post(server + "/v1/generate", json=body)

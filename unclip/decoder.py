@@ -14,6 +14,7 @@ caption by the encoding of "" 50% of the time (the unconditional caption is "", 
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -207,15 +208,18 @@ class Decoder(nn.Module):
     def sample(self, image_embeds: torch.Tensor, text, empty, *, steps: int = 25, guidance_scale: float = 8.0,
                sampler: str = "ddpm", eta: float = 0.0, generator: torch.Generator | None = None,
                latents: torch.Tensor | None = None, clip_denoised: bool = True, spacing: str = "trailing",
-               noise: torch.Tensor | None = None, progress: str | None = None) -> torch.Tensor:
+               noise: torch.Tensor | None = None, progress: str | None = None,
+               select: tuple[int, Callable] | None = None) -> torch.Tensor:
         """z_i (B, D) + caption (TextEncoding; `empty` encodes "") -> images (B, 3, S, S) in [-1, 1].
 
         The unconditional half uses the learned null z_i and the "" caption. `latents`: a given x_T
         (e.g. from `invert`); clip_denoised=False turns off x0 clipping (exact inversion round trips);
         spacing: DDIM's timestep spacing ("leading" to decode an inverted x_T, see `invert`); `noise`:
         the N(0, I) draw (B, 3, S, S) that `start` turns into x_T, e.g. one shared by interpolation frames.
+        `select` (after, choose): after that many steps, go on with the rows choose(x0) returns only
+        (sampling.Prune); the images returned are those rows'.
         """
-        from unclip.sampling import check_steps, make_scheduler, sample
+        from unclip.sampling import Prune, check_steps, make_scheduler, sample
 
         check_steps(sampler, steps=steps)  # before the scheduler or `start` sees the count
         denoise = self.guided_denoiser(image_embeds, text, empty, guidance_scale)
@@ -225,7 +229,13 @@ class Decoder(nn.Module):
             x, strength = latents.clone(), 1.0
         else:
             x, strength = self.start(len(image_embeds), sched, steps, generator, noise=noise)
-        x = sample(denoise, x, sched, steps, generator, eta=eta, desc=progress, keep_channels=3, strength=strength)
+        prune = None
+        if select is not None:
+            after, choose = select
+            prune = Prune(after, choose, lambda rows: self.guided_denoiser(image_embeds[rows], text[rows], empty,
+                                                                          guidance_scale))
+        x = sample(denoise, x, sched, steps, generator, eta=eta, desc=progress, keep_channels=3, strength=strength,
+                   prune=prune)
         return x.clamp(-1, 1)
 
     def shared_noise(self, b: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -341,19 +341,25 @@ class UnCLIPPipeline:
     def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, prior_steps: int | None = None,
                  decoder_steps: int | None = None, upsampler_steps: int | None = None, prior_guidance_scale: float = 4.0,
                  decoder_guidance_scale: float | None = None, sampler: str = "ddim", eta: float = 0.0, best_of: int = 2,
-                 rerank: int = 1, prior: str = "diffusion", upsample: bool = True,
+                 rerank: int = 1, rerank_at: int | None = None, prior: str = "diffusion", upsample: bool = True,
                  upsampler_strength: float | None = None, generator: torch.Generator | None = None,
                  output_type: str = "pil", progress: bool = False) -> UnCLIPOutput:
         """Text -> images. Steps left as None take the sampler's defaults (sampling.DEFAULT_STEPS);
         upsampler_strength None takes the upsampler's own (its config; 1 = from pure noise, as Karlo);
         decoder_guidance_scale None the decoder's own (`default_decoder_guidance`). rerank K > 1: K
         decoder images per output (each from its own prior sample), the one the CLIP stage finds closest
-        to the prompt kept before upsampling (`rerank_images`; K times the prior's and decoder's time)."""
+        to the prompt kept before upsampling (`rerank_images`; K times the prior's and decoder's time).
+        rerank_at s: compare the K candidates on the clean images the decoder predicts at its s-th step
+        instead of on the finished ones, and run the remaining steps on the kept one only (K·s + rest
+        decoder passes instead of K·all)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         decoder_guidance_scale = self.default_decoder_guidance(decoder_guidance_scale)
         _check(prompts, num_images_per_prompt, sampler, output_type)
         if not isinstance(rerank, int) or not 1 <= rerank <= 16:
             raise ValueError(f"rerank must be an integer between 1 and 16, got {rerank!r}")
+        if rerank_at is not None and (rerank == 1 or not isinstance(rerank_at, int) or rerank_at < 1):
+            raise ValueError(f"rerank_at is a decoder step (an integer >= 1) at which rerank > 1 candidates are "
+                             f"compared, got rerank_at {rerank_at!r} with rerank {rerank}")
         d = DEFAULT_STEPS[sampler]
         prior_steps = d["prior"] if prior_steps is None else prior_steps
         decoder_steps = d["decoder"] if decoder_steps is None else decoder_steps
@@ -362,6 +368,8 @@ class UnCLIPPipeline:
                      prior_guidance_scale=prior_guidance_scale, decoder_guidance_scale=decoder_guidance_scale, eta=eta)
         check_steps(sampler, decoder_steps=decoder_steps, **({"prior_steps": prior_steps} if prior == "diffusion" else {}),
                     **({"upsampler_steps": upsampler_steps} if upsample and self.upsampler is not None else {}))
+        if rerank_at is not None and rerank_at > decoder_steps:
+            raise ValueError(f"rerank_at {rerank_at} is past the decoder's {decoder_steps} steps")
         if upsampler_strength is not None and not 0 < upsampler_strength <= 1:  # before any stage runs
             raise ValueError(f"upsampler_strength must be in (0, 1], got {upsampler_strength}")
         text, empty = self.encode_prompt(prompts)
@@ -371,10 +379,19 @@ class UnCLIPPipeline:
                                        progress=progress)
         if self.decoder is None:
             raise ValueError("this model has no decoder (decoder_config.json)")
+        kept = []  # the candidates chosen at step rerank_at
+
+        def choose(x0):  # (B*K, 3, S, S) predicted clean images -> kept rows (B,)
+            kept.append(self.rerank_images(x0, text.text_embed, rerank))
+            return kept[0]
+
         images = self.decoder.sample(z_i, text, empty, steps=decoder_steps, guidance_scale=decoder_guidance_scale,
                                      sampler=sampler, eta=eta, generator=generator,
-                                     progress="decoder" if progress else None)
-        if rerank > 1:
+                                     progress="decoder" if progress else None,
+                                     select=(rerank_at, choose) if rerank_at is not None else None)
+        if kept:
+            z_i = z_i[kept[0]]
+        elif rerank > 1:
             keep = self.rerank_images(images, text.text_embed, rerank)
             images, z_i = images[keep], z_i[keep]
         if upsample and self.upsampler is not None:

@@ -7,6 +7,8 @@ wrapper around `denoise` (`guided`), so every sampler gets it for free.
 
 import contextvars
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -91,8 +93,37 @@ def _clip_x0(out, x, alpha_bar, prediction_type: str, r: float):
     if prediction_type == "sample":
         return out.clamp(-r, r)
     a, sigma = alpha_bar.sqrt().to(x), (1 - alpha_bar).sqrt().to(x)
-    x0 = ((x - sigma * out) / a).clamp(-r, r)
+    x0 = predicted_x0(out, x, alpha_bar, prediction_type).clamp(-r, r)
     return (x - a * x0) / sigma
+
+
+def predicted_x0(out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The clean sample a model output implies at x_t (its first x.shape[1] channels; ᾱ_t = alpha_bar)."""
+    out = out[:, :x.shape[1]]
+    if prediction_type == "sample":
+        return out
+    a, sigma = alpha_bar.sqrt().to(x), (1 - alpha_bar).sqrt().to(x)
+    if prediction_type == "v_prediction":
+        return a * x - sigma * out
+    return (x - sigma * out) / a
+
+
+@dataclass
+class Prune:
+    """Go on with some rows of the batch only, partway through sampling: after the `after`-th step's
+    model output, `choose(x0)` gets the clean images it implies for every row (N, C, H, W; clipped to
+    ±1) and returns the rows to keep (a LongTensor); `denoiser(rows)` is the denoiser for those rows
+    (its conditioning cut to them). The rows dropped cost no more network passes."""
+    after: int
+    choose: Callable[[torch.Tensor], torch.Tensor]
+    denoiser: Callable[[torch.Tensor], Callable]
+
+
+def _keep_rows(scheduler, rows: torch.Tensor, n: int) -> None:
+    """Cut a multistep scheduler's stored model outputs (DPM-Solver++'s history) of n rows to `rows`."""
+    history = getattr(scheduler, "model_outputs", None)
+    if history is not None:
+        scheduler.model_outputs = [m[rows] if torch.is_tensor(m) and len(m) == n else m for m in history]
 
 
 def guided(denoise_pair, guidance_scale: float, split: int | None = None, interval: tuple[int, int] | None = None):
@@ -175,16 +206,24 @@ def truncated_timesteps(scheduler, steps: int, strength: float = 1.0) -> torch.T
 
 def sample(denoise, x: torch.Tensor, scheduler, steps: int, generator: torch.Generator | None = None,
            eta: float = 0.0, desc: str | None = None, keep_channels: int | None = None,
-           strength: float = 1.0) -> torch.Tensor:
+           strength: float = 1.0, prune: Prune | None = None) -> torch.Tensor:
     """Run `steps` steps from x_T (strength < 1: only the last steps·strength of them, from an x already
     noised to the first of those; see truncated_timesteps). keep_channels: drop extra output channels
-    (a learned variance) for schedulers that cannot use them."""
+    (a learned variance) for schedulers that cannot use them. `prune`: keep only some rows from a step
+    on (see Prune); the result then has those rows, in the order `choose` gave them."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UnCLIPScheduler
 
     timesteps = truncated_timesteps(scheduler, steps, strength)
+    if prune is not None and not 1 <= prune.after <= len(timesteps):
+        raise ValueError(f"cannot choose rows after step {prune.after}: this sampling runs {len(timesteps)} steps")
     learned = isinstance(scheduler, UnCLIPScheduler) and scheduler.config.variance_type == "learned_range"
     for i, t in enumerate(tqdm(timesteps, desc=desc, disable=desc is None, leave=False)):
         out = denoise(x, t.to(x.device))
+        if prune is not None and i + 1 == prune.after:
+            x0 = predicted_x0(out, x, scheduler.alphas_cumprod[t], scheduler.config.prediction_type).clamp(-1, 1)
+            rows = prune.choose(x0)
+            _keep_rows(scheduler, rows, len(x))
+            x, out, denoise = x[rows], out[rows], prune.denoiser(rows)
         if keep_channels and not learned:
             out = out[:, :keep_channels]
         if isinstance(scheduler, DPMSolverMultistepScheduler) and getattr(scheduler, "x0_clip_range", None):

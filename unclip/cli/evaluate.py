@@ -39,6 +39,8 @@ def register(sub) -> None:
     ev.add_argument("--best-of", type=int, help="prior samples per image, the one closest to z_t kept (default: the pipeline's, 2)")
     ev.add_argument("--rerank", type=int, help="decoder images per image, the one the CLIP stage finds closest to the "
                     "prompt kept (default: the pipeline's, 1: none)")
+    ev.add_argument("--rerank-at", type=int, metavar="STEP", help="with --rerank: compare the candidates at this "
+                    "decoder step (their predicted clean images) and finish the kept one only")
     ev.add_argument("--reconstructions", type=int, default=16,
                     help="held-out images decoded from their own z_i: the decoder alone, without the prior (0: skip)")
     ev.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="a LoRA adapter applied first (repeatable)")
@@ -132,8 +134,8 @@ def _eval(a) -> int:
     if a.prior in ("image", "text", "none") and (a.prior_steps is not None or a.prior_guidance is not None
                                                  or a.best_of is not None):
         raise ValueError(f"--prior {a.prior} samples no prior: drop --prior-steps, --prior-guidance and --best-of")
-    if a.prior == "image" and a.rerank is not None:
-        raise ValueError("--prior image decodes each held-out image's own z_i once: drop --rerank")
+    if a.prior == "image" and (a.rerank is not None or a.rerank_at is not None):
+        raise ValueError("--prior image decodes each held-out image's own z_i once: drop --rerank (and --rerank-at)")
     ensure_dataset(a.data)
     pipe, model = load_pipe(a)
     loras = apply_loras(pipe, a.lora)
@@ -149,6 +151,8 @@ def _eval(a) -> int:
         kw["best_of"] = a.best_of
     if a.rerank is not None:
         kw["rerank"] = a.rerank
+    if a.rerank_at is not None:
+        kw["rerank_at"] = a.rerank_at
     generate, diversity_prompts = None, a.diversity_prompts
     if a.prior == "image":
         from unclip.evaluate import own_embeds_generate

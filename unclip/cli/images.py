@@ -19,6 +19,8 @@ def register(sub) -> None:
     g.add_argument("--best-of", type=int, default=2, help="prior samples per image; keeps the closest to the text")
     g.add_argument("--rerank", type=int, default=1, help="decoder images per image; keeps the one the CLIP stage finds "
                    "closest to the prompt (K times the prior's and decoder's time; default 1: none)")
+    g.add_argument("--rerank-at", type=int, metavar="STEP", help="with --rerank: compare the candidates on the image the "
+                   "decoder predicts at this step and finish the kept one only (default: on the finished images)")
     g.add_argument("--prior-steps", type=int, help="default: the sampler's (ddpm 25, ddim 25, dpm++ 6)")
     g.add_argument("--decoder-steps", type=int, help="default: the sampler's (ddpm 50, ddim 25, dpm++ 12)")
     g.add_argument("--upsampler-steps", type=int, help="default: the sampler's (ddpm 7, ddim 7, dpm++ 2)")
@@ -121,7 +123,8 @@ def _generate(a) -> int:
               **({"decoder_guidance_interval": list(pipe.decoder.config.guidance_interval)}
                  if pipe.decoder.config.guidance_interval else {}),
               "sampler": a.sampler, "eta": a.eta, "best_of": a.best_of,
-              **({"rerank": a.rerank} if a.rerank != 1 else {}), "precision": a.precision,
+              **({"rerank": a.rerank} if a.rerank != 1 else {}),
+              **({"rerank_at": a.rerank_at} if a.rerank_at is not None else {}), "precision": a.precision,
               "model": str(model), "model_hash": model_hash(model),
               "upsample": not a.no_upsample and pipe.upsampler is not None,
               "upsampler_strength": a.upsampler_strength if a.upsampler_strength is not None else
@@ -129,7 +132,7 @@ def _generate(a) -> int:
               **({"lora": loras} if loras else {})}
     out = pipe(a.prompt, a.num_images, **steps, prior_guidance_scale=a.prior_guidance,
                decoder_guidance_scale=a.decoder_guidance, sampler=a.sampler, eta=a.eta, best_of=a.best_of,
-               rerank=a.rerank, prior=a.prior, upsample=not a.no_upsample, upsampler_strength=a.upsampler_strength,
+               rerank=a.rerank, rerank_at=a.rerank_at, prior=a.prior, upsample=not a.no_upsample, upsampler_strength=a.upsampler_strength,
                generator=torch.Generator().manual_seed(a.seed), progress=True)
     save_png(grid(out.images), a.out, params)
     print(f"wrote {a.out} ({a.num_images} images of {out.images[0].size[0]} px)")

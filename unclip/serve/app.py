@@ -69,6 +69,7 @@ class GenerateRequest(BaseModel):
     decoder_guidance_scale: float | None = Field(None, allow_inf_nan=False)  # None: the model's default
     best_of: int = 2
     rerank: int = 1
+    rerank_at: int | None = None  # the decoder step at which the rerank candidates are compared
 
 
 class Txt2ImgRequest(BaseModel):
@@ -237,9 +238,13 @@ def create_app(pipe, model_dir: Path | None = None, limits: Limits | None = None
         seed = seed_of(req.seed)
         d = DEFAULT_STEPS[req.sampler]
         steps = {f"{k}_steps": getattr(req, f"{k}_steps") or d[k] for k in ("prior", "decoder", "upsampler")}
+        if req.rerank_at is not None and req.rerank == 1:
+            _fail("rerank_at", "compares rerank candidates: give rerank > 1 with it")
+        check_int("rerank_at", req.rerank_at, 1, steps["decoder_steps"])
         kw = dict(sampler=req.sampler, prior_guidance_scale=req.prior_guidance_scale,
                   decoder_guidance_scale=decoder_guidance, best_of=req.best_of,
-                  **({"rerank": req.rerank} if req.rerank != 1 else {}), **steps)
+                  **({"rerank": req.rerank} if req.rerank != 1 else {}),
+                  **({"rerank_at": req.rerank_at} if req.rerank_at is not None else {}), **steps)
         params = common(seed, task="generate", prompt=req.prompt, num_images=req.num_images, **kw)
         total = steps["prior_steps"] + steps["decoder_steps"] + upsampler_steps(steps["upsampler_steps"])
         run = lambda p: p(req.prompt, req.num_images, generator=torch.Generator().manual_seed(seed), **kw).images  # noqa: E731
