@@ -532,3 +532,22 @@ def test_pruning_rows_mid_run_equals_running_those_rows_alone(sampler):
         torch.testing.assert_close(pruned, alone, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="cannot choose rows after step 9: this sampling runs 8 steps"):
         sample(oracle_for(every), x_T, make_scheduler(sampler, "epsilon", 1.0), 8, prune=Prune(9, choose, oracle_for))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_clipping_x0_keeps_the_prediction_space(prediction_type):
+    """_clip_x0 returns the output in the space it came in: unchanged when its x0 is in range, and implying
+    the clipped x0 when not (DPM-Solver++'s x0 clipping for every prediction type)."""
+    from unclip.sampling import _clip_x0, predicted_x0
+
+    ab = torch.tensor(0.3)
+    for scale, r in ((0.8, 1.0), (3.0, 1.0)):
+        x0 = (torch.rand(2, 3, 4, 4, generator=_gen()) * 2 - 1) * scale
+        eps = torch.randn(2, 3, 4, 4, generator=_gen(1))
+        x = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        out = {"epsilon": eps, "v_prediction": ab.sqrt() * eps - (1 - ab).sqrt() * x0, "sample": x0}[prediction_type]
+        torch.testing.assert_close(predicted_x0(out, x, ab, prediction_type), x0, atol=1e-5, rtol=0)
+        clipped = _clip_x0(out, x, ab, prediction_type, r)
+        torch.testing.assert_close(predicted_x0(clipped, x, ab, prediction_type), x0.clamp(-r, r), atol=1e-5, rtol=0)
+        if scale < 1:
+            torch.testing.assert_close(clipped, out, atol=1e-5, rtol=0)

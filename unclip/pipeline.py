@@ -351,7 +351,7 @@ class UnCLIPPipeline:
         to the prompt kept before upsampling (`rerank_images`; K times the prior's and decoder's time).
         rerank_at s: compare the K candidates on the clean images the decoder predicts at its s-th step
         instead of on the finished ones, and run the remaining steps on the kept one only (K·s + rest
-        decoder passes instead of K·all)."""
+        decoder passes instead of K·all); s = decoder_steps compares the finished images."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         decoder_guidance_scale = self.default_decoder_guidance(decoder_guidance_scale)
         _check(prompts, num_images_per_prompt, sampler, output_type)
@@ -388,7 +388,8 @@ class UnCLIPPipeline:
         images = self.decoder.sample(z_i, text, empty, steps=decoder_steps, guidance_scale=decoder_guidance_scale,
                                      sampler=sampler, eta=eta, generator=generator,
                                      progress="decoder" if progress else None,
-                                     select=(rerank_at, choose) if rerank_at is not None else None)
+                                     select=(rerank_at, choose) if rerank_at is not None and rerank_at < decoder_steps
+                                     else None)  # at the last step: the finished images (the decoder may skip t = 999)
         if kept:
             z_i = z_i[kept[0]]
         elif rerank > 1:

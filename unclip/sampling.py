@@ -94,7 +94,8 @@ def _clip_x0(out, x, alpha_bar, prediction_type: str, r: float):
         return out.clamp(-r, r)
     a, sigma = alpha_bar.sqrt().to(x), (1 - alpha_bar).sqrt().to(x)
     x0 = predicted_x0(out, x, alpha_bar, prediction_type).clamp(-r, r)
-    return (x - a * x0) / sigma
+    eps = (x - a * x0) / sigma
+    return a * eps - sigma * x0 if prediction_type == "v_prediction" else eps
 
 
 def predicted_x0(out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
