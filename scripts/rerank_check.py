@@ -45,6 +45,8 @@ def main() -> int:
     p.add_argument("--n", type=int, default=128)
     p.add_argument("--k", type=int, default=4, help="candidates per prompt")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prior-guidance", type=float, default=4.0, help="the prior's guidance (the pipeline's default: 4; "
+                   "lower draws candidates with more different z_i)")
     p.add_argument("--batch", type=int, default=4, help="prompts per pipeline call")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--show", default="1,2,3,4,6,8,12,final", help="steps to print (the JSON has all)")
@@ -70,7 +72,8 @@ def main() -> int:
         return wrapped
 
     pipe.decoder.guided_denoiser = recording
-    rng, boot_rng, report = np.random.default_rng(a.seed), np.random.default_rng(0), {"n": a.n, "k": a.k, "splits": {}}
+    rng, boot_rng = np.random.default_rng(a.seed), np.random.default_rng(0)
+    report = {"n": a.n, "k": a.k, "prior_guidance": a.prior_guidance, "splits": {}}
     for split in SPLITS:
         images, idx = image_pack(a.data, split)
         first = np.asarray(idx["caption_offsets"][:-1])
@@ -81,7 +84,7 @@ def main() -> int:
         steps_x0, finals, embeds = [], [], []
         for b in tqdm(range(0, n, a.batch), desc=split):
             predicted.clear()
-            out = pipe(prompts[b:b + a.batch], k, upsample=False, output_type="pt",
+            out = pipe(prompts[b:b + a.batch], k, upsample=False, output_type="pt", prior_guidance_scale=a.prior_guidance,
                        generator=torch.Generator().manual_seed(a.seed * 1000 + b))
             finals.append(out.images * 2 - 1)
             embeds.append(out.image_embeds)
