@@ -32,7 +32,7 @@ def main() -> int:
     from unclip.cli.common import find_judge
     from unclip.conditioning import load_clip_dir
     from unclip.embed import image_pack
-    from unclip.evaluate import SPLITS, judge_view, mean_interval
+    from unclip.evaluate import SPLITS, judge_view, mean_interval, pick_prompts
     from unclip.models import default_model_dir
     from unclip.paths import default_data_dir
     from unclip.pipeline import UnCLIPPipeline
@@ -76,10 +76,7 @@ def main() -> int:
     report = {"n": a.n, "k": a.k, "prior_guidance": a.prior_guidance, "splits": {}}
     for split in SPLITS:
         images, idx = image_pack(a.data, split)
-        first = np.asarray(idx["caption_offsets"][:-1])
-        pick = np.sort(rng.choice(len(images), size=min(a.n, len(images)), replace=False))  # as `unclip eval`
-        prompts = [idx["captions"][first[i]] for i in pick]
-        concepts = [idx["concepts"][i] for i in pick]
+        _, prompts, concepts = pick_prompts(idx, len(images), a.n, rng)  # as `unclip eval`
         n, k = len(prompts), a.k
         steps_x0, finals, embeds = [], [], []
         for b in tqdm(range(0, n, a.batch), desc=split):

@@ -181,6 +181,14 @@ def judge_view(judge, data: Path) -> "JudgeView":
     return JudgeView(judge, labels)
 
 
+def pick_prompts(idx: dict, count: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str], list[str]]:
+    """min(n, count) images of a split drawn by `rng` (sorted rows), each one's first caption and its concept:
+    `evaluate`'s prompts, and anything that must use the same ones (scripts/rerank_check.py)."""
+    first = np.asarray(idx["caption_offsets"][:-1])
+    pick = np.sort(rng.choice(count, size=min(n, count), replace=False))
+    return pick, [idx["captions"][first[i]] for i in pick], [idx["concepts"][i] for i in pick]
+
+
 def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, diversity_samples: int = 4,
              seed: int = 0, batch: int = 8, generate_kwargs: dict | None = None, progress: bool = True,
              splits=SPLITS, generate=None, reconstructions: int = 0, warmup: bool = False) -> dict:
@@ -205,10 +213,7 @@ def evaluate(pipe, judge, data: Path, n: int = 64, diversity_prompts: int = 8, d
     seconds, made = 0.0, 0
     for split in splits:
         images, idx = image_pack(data, split)
-        first = np.asarray(idx["caption_offsets"][:-1])
-        pick = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
-        prompts = [idx["captions"][first[i]] for i in pick]
-        concepts = [idx["concepts"][i] for i in pick]
+        pick, prompts, concepts = pick_prompts(idx, len(images), n, rng)
         fake = []
         bar = tqdm(total=len(prompts), desc=f"generate {split}", disable=not progress)
         for b in range(0, len(prompts), batch):
